@@ -1,0 +1,38 @@
+"""The contract between a method and the generic training loop (``jot.train.loop``).
+
+A method is a module with these functions. Everything that runs per step is pure and is
+jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN guard.
+
+``init(config, rng, batch) -> state``
+    Builds the train state, a pytree (``flax.struct.dataclass``) whose leaves are arrays and
+    which has an integer ``step`` field. ``batch`` is one host batch (a dict of numpy arrays,
+    see ``jot.data``) used only for shapes. The loop calls ``jax.eval_shape`` on it first and
+    then runs it under ``jax.jit`` with replicated output shardings, so it must be pure.
+
+``train_step(config, state, batch) -> (state, metrics)``
+    One optimisation step (which may contain several inner updates, e.g. ``K_T`` map steps
+    per potential step, written with ``lax.scan``). ``metrics`` is a flat dict of scalar
+    arrays; the loop checks ``metrics["loss"]`` (when present) for NaN. Randomness comes
+    from ``jax.random.fold_in(state.rng, state.step)``.
+
+``transport(config, state, x) -> y``
+    Applies the trained map (EMA parameters when the method keeps them) at test time.
+
+``evaluate(config, state, data, workdir) -> dict[str, float]`` (optional, host side)
+    Held-out metrics, and any artifacts written atomically under ``workdir``.
+
+``batch_sizes(config) -> dict[str, int]`` (optional)
+    Per-key host batch sizes when they differ from ``config.train.batch_size`` (e.g. a
+    method that consumes ``K_T`` source batches per step).
+"""
+from typing import Any, Protocol
+
+import ml_collections
+
+
+class Method(Protocol):
+    def init(self, config: ml_collections.ConfigDict, rng: Any, batch: dict) -> Any: ...
+
+    def train_step(self, config: ml_collections.ConfigDict, state: Any, batch: dict) -> tuple[Any, dict]: ...
+
+    def transport(self, config: ml_collections.ConfigDict, state: Any, x: Any) -> Any: ...
