@@ -1,0 +1,35 @@
+"""Datasets for the training loop (see ``jot.data.base`` for the contract).
+
+``build(config)`` picks a dataset module by ``config.data.name``:
+
+- toy 2D benchmarks ``g8g``, ``g25g``, ``moon_spiral``, ``g_circles`` and user point clouds
+  (``name="points"`` with ``source="npz:PATH"``, ``target="npz:PATH"``): ``jot.data.toy``
+- ``digits``: the offline thin/thick digits image benchmark: ``jot.data.digits``
+- ``folder``: unpaired image folders: ``jot.data.images``
+- ``tfds``: ``tfds.data_source`` datasets (``cycle_gan/*``, ``celeb_a``): ``jot.data.tfds_source``
+"""
+import importlib
+
+import ml_collections
+
+_MODULES = {
+    "g8g": "jot.data.toy",
+    "g25g": "jot.data.toy",
+    "moon_spiral": "jot.data.toy",
+    "g_circles": "jot.data.toy",
+    "gaussians": "jot.data.toy",
+    "points": "jot.data.toy",
+    "digits": "jot.data.digits",
+    "folder": "jot.data.images",
+    "tfds": "jot.data.tfds_source",
+}
+
+
+def build(config: ml_collections.ConfigDict):
+    """Builds the dataset described by ``config.data`` (seeded by ``config.seed``)."""
+    name = config.data.name
+    if name not in _MODULES:
+        raise ValueError(
+            f"unknown dataset config.data.name={name!r}; expected one of {sorted(_MODULES)}."
+        )
+    return importlib.import_module(_MODULES[name]).build(config)

@@ -1,0 +1,16 @@
+"""DIOTM (displacement-interpolation OT map, HJB regulariser) on the 2D benchmarks.
+
+    python -m launch.main --config=configs/diotm_2d.py:g8g --workdir=runs/diotm_g8g
+
+Presets: ``g8g`` (default), ``g25g``, ``moon_spiral``, ``g_circles``, ``test``. The workdir
+ends with ``metrics.json`` (``w2``, ``l2_to_ot``, ``w2_backward`` on 1000 held-out points,
+exact OT), ``transport.npz``, ``transport.png``. Paper Table 1 (120k iterations):
+g8g 3.72 / 4.38, g25g 6.49 / 10.00, moon_spiral 0.55 / 1.67, g_circles 2.34 / 5.44 (W2 / L2);
+``benchmarks/toy_2d.py`` prints jot's figures next to them.
+"""
+from configs import common_2d
+
+
+def get_config(preset: str | None = None):
+    c = common_2d.base("diotm")
+    return common_2d.apply_preset(c, preset)

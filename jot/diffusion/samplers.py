@@ -1,0 +1,184 @@
+"""DDIM / DDPM sampling and DDIM inversion, each one jitted ``lax.scan`` over a step grid.
+
+The model is a callable ``eps_fn(x, s, cond) -> eps_hat`` where ``x`` is a batch
+``(B, ...)``, ``s`` a ``(B,)`` float array of (possibly fractional) steps of the schedule
+(see ``jot.diffusion.schedules``) and ``cond`` whatever conditioning the model takes
+(``None`` for none). ``eps_fn`` is passed to ``jax.jit`` as a *pytree argument*, so a model
+whose parameters are pytree leaves (``jot.models.unet.EpsModel``) is not baked into the
+compiled program; a plain Python function is wrapped in ``jax.tree_util.Partial`` (it is then
+static, and a new function object triggers a new trace).
+
+Step grids. Sampling with ``nfe`` model evaluations from step ``start`` down to ``end`` uses
+the uniform grid ``s_k = start + k (end - start) / nfe``, ``k = 0..nfe``; step ``k`` evaluates
+``eps_hat = eps_fn(x_k, s_k)`` and applies the DDIM update (ALGORITHMS.md section 3)
+
+    x0_hat  = (x_k - sqrt(1 - a) eps_hat) / sqrt(a),                 a  = alpha_bar(s_k)
+    x_{k+1} = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z,   a' = alpha_bar(s_{k+1})
+
+with ``sigma = eta sqrt((1 - a') / (1 - a) (1 - a / a'))`` (``eta = 0``: DDIM, deterministic;
+``eta = 1``: DDPM ancestral sampling, the exact posterior ``q(x_{s'} | x_s, x0_hat)``).
+``end = -1`` (``alpha_bar = 1``) returns ``x0_hat`` of the last step.
+
+Inversion runs the same update toward more noise on the reversed grid, evaluating the model
+at the *destination* step with the current state, ``eps_hat = eps_fn(x_k, s_{k+1})``, so the
+model is never queried at ``s = -1`` (where ``eps`` is undefined) and its evaluation points are
+exactly those of the sampler on the same grid. Invert-then-sample is exact up to
+``O(max_k |Delta sigma_k|)`` with ``sigma = sqrt((1 - a) / a)``.
+
+NFE accounting: every function here makes exactly ``nfe`` calls of ``eps_fn`` (one per scan
+iteration) and nothing else calls the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jot.diffusion.schedules import Schedule
+
+EpsFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+
+
+def check_nfe(nfe: int, *, minimum: int = 1, what: str = "nfe") -> int:
+    """Validates a number of function evaluations (a Python int >= ``minimum``)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < minimum:
+        raise ValueError(
+            f"{what}={nfe!r}: the number of model evaluations must be an integer >= {minimum}. "
+            f"Pass e.g. {what}={max(minimum, 10)}."
+        )
+    return nfe
+
+
+def as_pytree_fn(eps_fn: EpsFn) -> EpsFn:
+    """Returns ``eps_fn`` as something ``jax.jit`` accepts as an argument.
+
+    Pytree callables (``jax.tree_util.Partial``, flax ``struct`` dataclasses such as
+    ``jot.models.unet.EpsModel``) are returned unchanged; other callables are wrapped in
+    ``jax.tree_util.Partial`` (static, compared by identity).
+    """
+    if isinstance(eps_fn, jax.tree_util.Partial) or dataclasses.is_dataclass(eps_fn):
+        return eps_fn
+    if not callable(eps_fn):
+        raise TypeError(f"eps_fn must be callable as eps_fn(x, s, cond); got {type(eps_fn).__name__}.")
+    return jax.tree_util.Partial(eps_fn)
+
+
+def add_noise(schedule: Schedule, x0: jax.Array, s: jax.Array, noise: jax.Array) -> jax.Array:
+    """Forward marginal ``x_s = sqrt(alpha_bar(s)) x0 + sqrt(1 - alpha_bar(s)) noise``.
+
+    ``s`` is a scalar or a ``(B,)`` array of (fractional) steps.
+    """
+    a = schedule.alpha_bar_at(s)
+    a = jnp.reshape(a, jnp.shape(a) + (1,) * (x0.ndim - jnp.ndim(a)))
+    return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
+
+
+def _ddim_update(x, eps, a, a_next, sigma, z):
+    """One DDIM/DDPM move from ``alpha_bar = a`` to ``a_next`` (formula in the module doc)."""
+    x0_hat = (x - jnp.sqrt(1.0 - a) * eps) / jnp.sqrt(a)
+    dir_coef = jnp.sqrt(jnp.maximum(1.0 - a_next - sigma**2, 0.0))
+    return jnp.sqrt(a_next) * x0_hat + dir_coef * eps + sigma * z
+
+
+def _batch_steps(s: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.full((x.shape[0],), s, jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("nfe",))
+def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe):
+    grid = jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
+    keys = jax.random.split(rng, nfe)
+
+    def body(x, k):
+        s, s_next = grid[k], grid[k + 1]
+        a, a_next = schedule.alpha_bar_at(s), schedule.alpha_bar_at(s_next)
+        eps = eps_fn(x, _batch_steps(s, x), cond)
+        sigma = eta * jnp.sqrt((1.0 - a_next) / (1.0 - a) * (1.0 - a / a_next))
+        z = jax.random.normal(keys[k], x.shape, x.dtype)
+        return _ddim_update(x, eps, a, a_next, sigma, z).astype(x.dtype), None
+
+    x, _ = jax.lax.scan(body, x, jnp.arange(nfe))
+    return x
+
+
+@partial(jax.jit, static_argnames=("nfe",))
+def _invert(eps_fn, schedule, x, cond, start, end, *, nfe):
+    grid = jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
+
+    def body(x, k):
+        s, s_next = grid[k], grid[k + 1]
+        a, a_next = schedule.alpha_bar_at(s), schedule.alpha_bar_at(s_next)
+        eps = eps_fn(x, _batch_steps(s_next, x), cond)
+        return _ddim_update(x, eps, a, a_next, 0.0, 0.0).astype(x.dtype), None
+
+    x, _ = jax.lax.scan(body, x, jnp.arange(nfe))
+    return x
+
+
+def _default_start(schedule: Schedule, start: float | None) -> float:
+    return float(schedule.num_steps - 1) if start is None else start
+
+
+def ddim_sample(
+    eps_fn: EpsFn,
+    x: jax.Array,
+    *,
+    schedule: Schedule,
+    nfe: int,
+    start: float | None = None,
+    end: float = -1.0,
+    cond: Any = None,
+) -> jax.Array:
+    """Deterministic DDIM (eta = 0) from step ``start`` (default ``S-1``) down to ``end``.
+
+    Makes exactly ``nfe`` calls of ``eps_fn``. ``x`` is the state at ``start`` (e.g. N(0, I)
+    noise, or an inverted latent); returns the state at ``end`` (``end=-1``: clean data).
+    """
+    check_nfe(nfe)
+    start = _default_start(schedule, start)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, jax.random.PRNGKey(0), start, end, 0.0, nfe=nfe)
+
+
+def ddpm_sample(
+    eps_fn: EpsFn,
+    x: jax.Array,
+    rng: jax.Array,
+    *,
+    schedule: Schedule,
+    nfe: int,
+    start: float | None = None,
+    end: float = -1.0,
+    cond: Any = None,
+    eta: float = 1.0,
+) -> jax.Array:
+    """Ancestral (stochastic) sampling on the ``nfe``-step grid; ``eta=1`` is DDPM.
+
+    With a skipped grid the update is the exact Gaussian posterior of the forward process
+    between consecutive grid steps given ``x0_hat``. Makes exactly ``nfe`` calls of ``eps_fn``.
+    """
+    check_nfe(nfe)
+    start = _default_start(schedule, start)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, rng, start, end, eta, nfe=nfe)
+
+
+def ddim_invert(
+    eps_fn: EpsFn,
+    x: jax.Array,
+    *,
+    schedule: Schedule,
+    nfe: int,
+    end: float | None = None,
+    start: float = -1.0,
+    cond: Any = None,
+) -> jax.Array:
+    """DDIM inversion from step ``start`` (default ``-1``: clean data) up to ``end`` (default ``S-1``).
+
+    Makes exactly ``nfe`` calls of ``eps_fn``, at the grid steps ``s_1..s_nfe`` (never at
+    ``start``). ``ddim_sample(..., start=end, end=start)`` with the same ``nfe`` undoes it.
+    """
+    check_nfe(nfe)
+    end = _default_start(schedule, end)
+    return _invert(as_pytree_fn(eps_fn), schedule, x, cond, start, end, nfe=nfe)

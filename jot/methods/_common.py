@@ -1,0 +1,117 @@
+"""Pieces shared by the adversarial OT methods (OTM, DIOTM): networks held as
+``(graphdef, params)``, optimisers, EMA, time sampling and the train-state container."""
+import functools
+import json
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class State:
+    """Train state of a method with several networks.
+
+    ``params``/``opt_state``/``ema`` map a network name (``"T"``, ``"S"``, ``"V"``, ``"v"``)
+    to its parameters as a pure nested dict, its optax state, and (maps only) the EMA of
+    its parameters. ``rng`` is a raw ``uint32[2]`` key; per-step keys are
+    ``fold_in(rng, step)``.
+    """
+
+    step: jax.Array
+    rng: jax.Array
+    params: dict
+    opt_state: dict
+    ema: dict
+
+
+def _constructor(config: ml_collections.ConfigDict, name: str, dim: int) -> Callable[[nnx.Rngs], nnx.Module]:
+    from jot.models import mlp
+
+    m = config.model
+    if name in ("T", "S"):
+        return lambda rngs: mlp.ResidualMap(dim, width=m.width, blocks=m.map_blocks, noise_dim=m.noise_dim, rngs=rngs)
+    if name == "V":
+        return lambda rngs: mlp.TimePotential(dim, width=m.width, time_dim=m.time_dim, depth=m.potential_depth,
+                                              time_scale=m.time_scale, rngs=rngs)
+    if name == "v":
+        return lambda rngs: mlp.Potential(dim, width=m.width, depth=m.potential_depth, rngs=rngs)
+    raise ValueError(f"unknown network {name!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _graphdef_cached(config_json: str, name: str, dim: int):
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    abstract = nnx.eval_shape(lambda: _constructor(config, name, dim)(nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+def graphdef(config: ml_collections.ConfigDict, name: str, dim: int):
+    """Static structure of network ``name`` for points of dimension ``dim`` (cached)."""
+    return _graphdef_cached(json.dumps({"model": config.model.to_dict()}, sort_keys=True), name, dim)
+
+
+def init_params(config: ml_collections.ConfigDict, name: str, dim: int, rng: jax.Array) -> dict:
+    model = _constructor(config, name, dim)(nnx.Rngs(params=rng))
+    return nnx.to_pure_dict(nnx.split(model)[1])
+
+
+def module(config: ml_collections.ConfigDict, name: str, dim: int, params: dict) -> nnx.Module:
+    """The network ``name`` with ``params`` (call inside or outside jit)."""
+    return nnx.merge(graphdef(config, name, dim), params)
+
+
+def optimizer(config: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
+    """Adam(b1, b2) with optional global-norm clipping and a constant or cosine schedule."""
+    t = config.train
+    if t.lr_schedule == "constant":
+        schedule = lr
+    elif t.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, decay_steps=max(1, t.steps), alpha=t.lr_final_fraction)
+    else:
+        raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}; expected 'constant' or 'cosine'.")
+    chain = [optax.adam(schedule, b1=t.b1, b2=t.b2)]
+    if t.grad_clip:
+        chain.insert(0, optax.clip_by_global_norm(t.grad_clip))
+    return optax.chain(*chain)
+
+
+def apply_grads(tx: optax.GradientTransformation, params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def ema_update(ema, params, decay: float):
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> jax.Array:
+    """Times ``t`` in [0, 1]: ``uniform`` (paper default) or ``beta`` (``loss.beta_a``, ``loss.beta_b``)."""
+    kind = config.loss.time_sampler
+    if kind == "uniform":
+        return jax.random.uniform(rng, (n,))
+    if kind == "beta":
+        return jax.random.beta(rng, config.loss.beta_a, config.loss.beta_b, (n,))
+    raise ValueError(f"config.loss.time_sampler={kind!r}; expected 'uniform' or 'beta'.")
+
+
+def noise(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> jax.Array | None:
+    """Auxiliary map noise ``z ~ N(0, I)`` of size ``model.noise_dim`` (None when 0)."""
+    d = config.model.noise_dim
+    return jax.random.normal(rng, (n, d)) if d else None
+
+
+def map_params(config: ml_collections.ConfigDict, state: State, name: str) -> Any:
+    """Parameters used at test time: the EMA when ``train.ema > 0``."""
+    return state.ema[name] if config.train.ema else state.params[name]
+
+
+def stacked(batch: dict, key: str) -> jax.Array:
+    """The ``[K, B, ...]`` stack of ``K`` host batches for ``key`` (see ``batches_per_step``)."""
+    a = batch[key]
+    if a.ndim < 3:
+        raise ValueError(f"batch[{key!r}] must be stacked as [K, B, d], got shape {a.shape}.")
+    return a

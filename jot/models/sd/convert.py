@@ -1,0 +1,232 @@
+"""PyTorch (diffusers / transformers) safetensors weights -> jot's Flax NNX modules.
+
+The conversion is a rule table checked against an ``nnx.eval_shape``'d target:
+
+1. ``DROPPED``: buffers that are not parameters (``position_ids``) are skipped.
+2. ``RENAMES``: regex rewrites of PyTorch module paths onto jot's attribute names
+   (``downsamplers.0`` -> ``downsampler``, ``to_out.0`` -> ``to_out``, GEGLU
+   ``ff.net.0.proj`` -> ``ff.proj``, legacy VAE ``query``/``key``/``value``/``proj_attn``,
+   the ``text_model.`` prefix of transformers' CLIP).
+3. ``LEAVES``: the PyTorch leaf name picks the Flax leaf and layout. ``weight`` becomes
+   whichever of ``kernel`` (conv OIHW -> HWIO, linear [out, in] -> [in, out]; a 1x1
+   conv weight feeding a linear kernel is squeezed), ``scale`` (norms) or ``embedding``
+   exists in the target; ``bias`` stays ``bias``.
+
+Every missing, extra, duplicated or mis-shaped key is collected and reported in one
+``ValueError`` naming the key and both shapes. Weights are read from safetensors
+only; pickled checkpoints are refused with instructions to convert them.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors import safe_open
+
+from jot.models.sd.sharding import param_shardings
+
+DROPPED: tuple[str, ...] = (r"(^|\.)position_ids$",)
+
+RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^text_model\.", ""),
+    (r"\.downsamplers\.0\.", ".downsampler."),
+    (r"\.upsamplers\.0\.", ".upsampler."),
+    (r"\.to_out\.0\.", ".to_out."),
+    (r"\.ff\.net\.0\.proj\.", ".ff.proj."),
+    (r"\.ff\.net\.2\.", ".ff.out."),
+    # Legacy (diffusers < 0.14) VAE attention names.
+    (r"\.attentions\.0\.query\.", ".attentions.0.to_q."),
+    (r"\.attentions\.0\.key\.", ".attentions.0.to_k."),
+    (r"\.attentions\.0\.value\.", ".attentions.0.to_v."),
+    (r"\.attentions\.0\.proj_attn\.", ".attentions.0.to_out."),
+)
+
+LEAVES: dict[str, tuple[str, ...]] = {"weight": ("kernel", "scale", "embedding"), "bias": ("bias",)}
+
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+_MAX_LISTED = 20
+
+
+def _to_flax_layout(array: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
+    if leaf != "kernel":
+        return array
+    if array.ndim == 4 and target_ndim == 4:  # conv: OIHW -> HWIO
+        return array.transpose(2, 3, 1, 0)
+    if array.ndim == 4 and target_ndim == 2 and array.shape[2:] == (1, 1):  # 1x1 conv -> linear
+        return array[:, :, 0, 0].T
+    if array.ndim == 2:  # linear: [out, in] -> [in, out]
+        return array.T
+    return array
+
+
+def flax_name(torch_name: str) -> str | None:
+    """The '.'-joined Flax parameter path for a PyTorch name after ``RENAMES``; None if ``DROPPED``."""
+    if any(re.search(p, torch_name) for p in DROPPED):
+        return None
+    name = torch_name
+    for pattern, repl in RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def convert_state_dict(
+    tensors: Mapping[str, np.ndarray],
+    abstract_state: nnx.State,
+    *,
+    source: str,
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None,
+) -> nnx.State:
+    """Map PyTorch ``tensors`` onto ``abstract_state`` (an ``nnx.split`` of an ``nnx.eval_shape``'d module).
+
+    Args:
+      tensors: PyTorch state dict as numpy arrays (e.g. from :func:`read_safetensors`).
+      abstract_state: target ``nnx.State`` with ``jax.ShapeDtypeStruct`` leaves.
+      source: a label for error messages (the weights file or folder).
+      shardings: optional per-parameter shardings keyed by the flat path tuple;
+        arrays are placed with ``jax.device_put`` as they are converted.
+    Returns:
+      ``abstract_state`` with every leaf replaced by a ``jax.Array`` of the target dtype.
+    Raises:
+      ValueError listing every missing, extra, duplicated or mis-shaped key.
+    """
+    targets = nnx.traversals.flatten_mapping(abstract_state.to_pure_dict())
+    by_name = {".".join(str(p) for p in path): path for path in targets}
+    converted: dict[tuple, jax.Array] = {}
+    origin: dict[tuple, str] = {}  # target path -> the PyTorch key that claimed it
+    problems: list[str] = []
+    for torch_name, array in tensors.items():
+        name = flax_name(torch_name)
+        if name is None:
+            continue
+        prefix, _, leaf = name.rpartition(".")
+        candidates = [(c, f"{prefix}.{c}" if prefix else c) for c in LEAVES.get(leaf, ())]
+        found = [(c, n) for c, n in candidates if n in by_name]
+        if not found:
+            problems.append(f"extra key {torch_name!r} shape {tuple(array.shape)}: no parameter {name!r} in the model")
+            continue
+        flax_leaf, target_name = found[0]
+        path = by_name[target_name]
+        target = targets[path]
+        if path in origin:
+            problems.append(f"duplicate key {torch_name!r}: {target_name!r} already set from {origin[path]!r}")
+            continue
+        origin[path] = torch_name
+        value = _to_flax_layout(np.asarray(array), flax_leaf, len(target.shape))
+        if value.shape != tuple(target.shape):
+            problems.append(
+                f"shape mismatch for {torch_name!r} -> {target_name!r}: checkpoint {tuple(array.shape)} "
+                f"(as {tuple(value.shape)} in Flax layout) vs model {tuple(target.shape)}"
+            )
+            continue
+        value = value.astype(target.dtype)
+        sharding = None if shardings is None else shardings.get(path)
+        converted[path] = jax.device_put(value, sharding)
+    for path, target in targets.items():
+        if path not in origin:
+            problems.append(f"missing key {'.'.join(map(str, path))!r} shape {tuple(target.shape)}: not in the checkpoint")
+    if problems:
+        listed = "\n  ".join(problems[:_MAX_LISTED])
+        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise ValueError(
+            f"weights {source} do not match the model ({len(problems)} problems); check that the config.json "
+            f"next to them describes the same architecture:\n  {listed}{more}"
+        )
+    state = abstract_state
+    state.replace_by_pure_dict(nnx.traversals.unflatten_mapping(converted))
+    return state
+
+
+def load_module(
+    build: Callable[[], nnx.Module],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    source: str,
+    mesh: Mesh | None = None,
+    min_shard_size: int = 2**16,
+) -> nnx.Module:
+    """Build ``build()`` without allocating (``nnx.eval_shape``) and fill it with ``tensors``.
+
+    With ``mesh``, parameters are placed by :func:`jot.models.sd.sharding.param_shardings`
+    (those with at least ``min_shard_size`` elements sharded over its ``fsdp`` axis) as
+    they are converted, so the full tree never sits on one device.
+    """
+    abstract = nnx.eval_shape(build)
+    graphdef, state = nnx.split(abstract)
+    shardings = None
+    if mesh is not None:
+        shardings = nnx.traversals.flatten_mapping(param_shardings(state, mesh, min_size=min_shard_size).to_pure_dict())
+    return nnx.merge(graphdef, convert_state_dict(tensors, state, source=source, shardings=shardings))
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of one ``.safetensors`` file as numpy arrays (no unpickling, ever).
+
+    Raises ValueError naming the file when it is truncated or corrupt.
+    """
+    path = Path(path)
+    if path.suffix in _PICKLE_SUFFIXES:
+        raise ValueError(_pickle_message(path))
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
+        raise ValueError(
+            f"could not read safetensors file {path} ({type(e).__name__}: {e}); it is truncated or corrupt: "
+            "download or save it again."
+        ) from e
+
+
+def _pickle_message(path: Path) -> str:
+    folder = path.parent
+    if folder.name == "text_encoder":
+        how = (
+            f"python -c \"from transformers import CLIPTextModel; "
+            f"CLIPTextModel.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
+        )
+    else:
+        cls = "UNet2DConditionModel" if folder.name == "unet" else "AutoencoderKL"
+        how = (
+            f"python -c \"from diffusers import {cls}; "
+            f"{cls}.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
+        )
+    return (
+        f"{path} is a pickled PyTorch checkpoint; jot reads weights from safetensors only (it never unpickles). "
+        f"Convert it once with PyTorch installed:\n  {how}\n"
+        "(or the whole pipeline: DiffusionPipeline.from_pretrained(dir).save_pretrained(dir, safe_serialization=True))."
+    )
+
+
+def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> dict[str, np.ndarray]:
+    """Read ``<folder>/<stem>[.<variant>].safetensors`` or its sharded ``.safetensors.index.json`` form.
+
+    ``stem`` is ``diffusion_pytorch_model`` (diffusers) or ``model`` (transformers).
+    Raises FileNotFoundError naming the expected file, or ValueError with conversion
+    instructions when only a pickled ``.bin``/``.ckpt``/``.pt`` checkpoint is there.
+    """
+    folder = Path(folder)
+    base = f"{stem}.{variant}" if variant else stem
+    single = folder / f"{base}.safetensors"
+    index = folder / f"{base}.safetensors.index.json"
+    if single.is_file():
+        return read_safetensors(single)
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        tensors: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(read_safetensors(folder / shard))
+        return tensors
+    pickled = sorted(p for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
+    if pickled:
+        raise ValueError(_pickle_message(pickled[0]))
+    raise FileNotFoundError(
+        f"expected weights {single} (or {index.name}) in {folder}; save the model there with "
+        "save_pretrained(..., safe_serialization=True)."
+    )

@@ -1,0 +1,166 @@
+"""The one generic training loop: any ``jot.methods`` module, any ``jot.data`` dataset.
+
+Resume order (``train`` is idempotent: run it again on the same workdir to continue):
+
+1. build the dataset, the mesh and the abstract state (``jax.eval_shape`` of ``init``);
+2. if ``workdir/checkpoints`` has a step, restore it into the abstract state's shardings,
+   otherwise run the jitted ``init``;
+3. continue from ``state.step``: batches are a pure function of the step index
+   (``jot.data.base``), so the data stream resumes exactly without iterator state;
+4. per-step randomness is ``fold_in(state.rng, state.step)`` inside the method.
+
+A workdir holds ``config.json``, ``metrics.jsonl`` (one JSON line per log step),
+``checkpoints/`` and, after evaluation, ``metrics.json`` plus the method's artifacts.
+"""
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jot import data as jot_data
+from jot import io, methods
+from jot.train import mesh as mesh_lib
+from jot.train.checkpoint import Checkpointer, abstract_with_sharding
+
+
+class TrainingDiverged(FloatingPointError):
+    """Raised when a loss or the parameters stop being finite; the last good checkpoint is kept."""
+
+
+def _host_batch(dataset, step: int, k: int | None) -> dict:
+    if k is None:
+        return dataset.train_batch(step)
+    parts = [dataset.train_batch(step * k + j) for j in range(k)]
+    return {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class Trainer:
+    """Holds what ``train`` and ``evaluate`` share: method, dataset, mesh, shardings."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None):
+        mesh_lib.initialize_distributed()
+        self.config, self.workdir = config, workdir
+        self.method = methods.get(config.method)
+        self.dataset = dataset if dataset is not None else jot_data.build(config)
+        self.mesh = mesh_lib.make_mesh(config)
+        self.k = self.method.batches_per_step(config) if hasattr(self.method, "batches_per_step") else None
+        self.replicated = mesh_lib.replicated(self.mesh)
+        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
+
+    def batch(self, step: int) -> dict:
+        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.k), batch_axis=0 if self.k is None else 1)
+
+    def initial_state(self):
+        """Restores the latest checkpoint, or initialises (see the resume order above)."""
+        rng = jax.random.PRNGKey(self.config.seed)
+        batch = self.batch(0)
+        latest = self.checkpoints.latest_step()
+        if latest is None:
+            return self._init(rng, batch)
+        abstract = jax.eval_shape(self._init, rng, batch)
+        return self.checkpoints.restore(latest, abstract_with_sharding(abstract, self.replicated))
+
+    def evaluate(self, state) -> dict:
+        if not hasattr(self.method, "evaluate"):
+            return {}
+        return self.method.evaluate(self.config, state, self.dataset.eval_data(), self.workdir)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    io.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
+    """Trains ``config.method`` for ``config.train.steps`` steps in ``workdir``; returns the final state.
+
+    Evaluates at the end (and every ``train.eval_every`` steps when > 0), writing
+    ``metrics.json``. Raises ``TrainingDiverged`` (naming the step and the last good
+    checkpoint) when the loss or the parameters become NaN/inf.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    tc = config.train
+    trainer = Trainer(config, workdir, dataset)
+    is_main = jax.process_index() == 0
+    if is_main:
+        _write_config(config, workdir)
+    state = trainer.initial_state()
+    start = int(jax.device_get(state.step))
+    step_fn = jax.jit(functools.partial(trainer.method.train_step, config), donate_argnums=0)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    last_good = trainer.checkpoints.latest_step()
+
+    progress = None
+    if is_main and tc.progress and start < tc.steps:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=tc.steps, initial=start, desc=f"{config.method} {config.data.name}", dynamic_ncols=True)
+
+    t0, done_since_log = time.perf_counter(), 0
+    for step in range(start, tc.steps):
+        state, metrics = step_fn(state, trainer.batch(step))
+        done = step + 1
+        done_since_log += 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(np.isfinite(v) for v in host.values()):
+                bad = sorted(k for k, v in host.items() if not np.isfinite(v))
+                raise TrainingDiverged(
+                    f"non-finite {bad} at step {done}; last good checkpoint: step {last_good} in "
+                    f"{trainer.checkpoints.directory}. Lower the learning rates or raise the regulariser weight."
+                )
+            elapsed = time.perf_counter() - t0
+            record = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
+            if is_main:
+                io.append_jsonl(metrics_path, record)
+            if progress is not None:
+                progress.update(done_since_log)
+                progress.set_postfix({k: f"{v:.3g}" for k, v in host.items() if k.startswith("loss")})
+            t0, done_since_log = time.perf_counter(), 0
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            if not bool(_all_finite(state)):
+                raise TrainingDiverged(
+                    f"parameters became non-finite by step {done}; last good checkpoint: step {last_good} in "
+                    f"{trainer.checkpoints.directory}."
+                )
+            trainer.checkpoints.save(done, state)
+            last_good = done
+        if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
+            ev = trainer.method.evaluate(config, state, trainer.dataset.eval_data(), None)
+            if is_main:
+                io.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+    if progress is not None:
+        progress.close()
+
+    final = trainer.evaluate(state)
+    if is_main and final:
+        io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
+    trainer.checkpoints.close()
+    return state
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None) -> dict:
+    """Restores the latest checkpoint of ``workdir`` and evaluates it (writes ``metrics.json``)."""
+    trainer = Trainer(config, workdir, dataset)
+    if trainer.checkpoints.latest_step() is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {trainer.checkpoints.directory}; train first (--mode=train) or point "
+            "--workdir at a finished run."
+        )
+    state = trainer.initial_state()
+    metrics = trainer.evaluate(state)
+    if jax.process_index() == 0:
+        io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
+    trainer.checkpoints.close()
+    return metrics
