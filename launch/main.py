@@ -7,6 +7,7 @@
 Every config field can be overridden with ``--config.FIELD=VALUE``. Training resumes from
 the workdir's latest checkpoint. The same ``run`` function is what notebooks and tests call.
 """
+import importlib.util
 import json
 import os
 import sys
@@ -52,6 +53,43 @@ def print_metrics(metrics: dict, workdir: str) -> None:
         print(f"\nwrote {', '.join(os.path.join(workdir, f) for f in outputs)}")
 
 
+def _unknown_override(argv: list[str], config) -> str | None:
+    """The first ``--config.a.b=...`` override in ``argv`` that names no field of ``config``."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0].split(".")
+        node = config
+        for i, part in enumerate(path):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in fields:
+                where = "config" + "".join("." + p for p in path[:i])
+                return (
+                    f"unknown config field '{'.'.join(path)}': {where} has no field {part!r}. "
+                    f"Fields of {where}: {', '.join(sorted(fields))}."
+                )
+            node = node[part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with a clear message for misspelt ``--config.*`` overrides."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if config_arg is not None:
+            path, _, preset = config_arg.partition(":")
+            spec = importlib.util.spec_from_file_location("_jot_config", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            message = _unknown_override(argv, module.get_config(preset or None))
+            if message:
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
+        raise
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -61,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=parse_flags))

@@ -27,6 +27,7 @@ from tokenizers.models import BPE
 
 from jot.models.sd.layers import linear, multi_head_attention
 
+_UNSET_LENGTH = 10**6
 _ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -239,7 +240,9 @@ class CLIPTokenizer:
             )
         tok.add_special_tokens([bos, eos, unk, pad])
         if model_max_length is None:
-            model_max_length = int(config.get("model_max_length", 77))
+            # transformers writes a ~1e30 sentinel when no length was set; CLIP's is 77.
+            value = config.get("model_max_length")
+            model_max_length = 77 if value is None or value > _UNSET_LENGTH else int(value)
         return cls(tok, model_max_length=model_max_length, pad_token=pad)
 
     def __call__(self, texts: str | Sequence[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import math
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 FSDP_AXIS = "fsdp"
 
@@ -34,8 +34,16 @@ def param_shardings(
     """``NamedSharding`` for every leaf of ``params`` (a module, or an ``nnx.State`` of arrays or
     ``jax.ShapeDtypeStruct``); the same tree structure as ``nnx.state(params)``.
 
-    A mesh without ``axis`` replicates everything.
+    A mesh without ``axis`` replicates everything. The mesh axes must be
+    ``AxisType.Auto`` (GSPMD propagation, as ``jax.sharding.Mesh`` makes by default):
+    the networks rely on XLA to place activations.
     """
+    explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit]
+    if explicit:
+        raise ValueError(
+            f"mesh axes {explicit} are AxisType.Explicit; the SD networks need Auto axes. Build the mesh with "
+            f"jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))."
+        )
     state = nnx.state(params) if isinstance(params, nnx.Module) else params
     size = mesh.shape[axis] if axis in mesh.axis_names else 1
     return jax.tree.map(

@@ -550,7 +550,7 @@ class UNet2DConditionModel(nnx.Module):
         timesteps = jnp.asarray(timesteps)
         self._check_inputs(sample, timesteps, encoder_hidden_states)
         cfg = self.config
-        call: Callable[..., Any] = nnx.remat(_apply) if self.remat else _apply
+        call: Callable[..., Any] = nnx.remat(_apply, graph_updates=False) if self.remat else _apply
         x = sample.astype(self.dtype)
         if cfg.center_input_sample:
             x = 2 * x - 1.0

@@ -1,0 +1,150 @@
+"""DSM: trains the pixel-space UNet noise predictor (``jot.models.unet``) by denoising score
+matching in epsilon form (``jot.losses.denoising.epsilon_loss``), with an EMA of the parameters.
+
+One step: images ``x0`` are the batch entries named in ``config.loss.keys`` (``("x", "y")``
+trains one network on both translation domains, with the domain index ``0, 1, ...`` as the
+class label when ``config.model.num_classes > 0``; ``config.loss.cond = "label"`` uses
+``batch["label"]`` instead, ``"none"`` trains an unconditional network). Steps are drawn as
+``s ~ U[0, S-1]`` (continuous, ``loss.continuous_steps``; the samplers query fractional steps)
+or uniformly over the integers; ``eps ~ N(0, I)``; one Adam step on the (optionally
+min-SNR-weighted) loss; ``ema <- d ema + (1 - d) params``.
+
+``transport`` translates source-domain (label 0) images to the target domain (label 1) with
+DDIB (``jot.translate.ddib``) using the EMA parameters.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jot.diffusion import schedules
+from jot.losses import denoising
+from jot.methods import _common
+from jot.methods._common import State
+from jot.models import unet
+
+
+def schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
+    """The VP schedule of ``config.model`` (``schedule``, ``num_steps``)."""
+    return schedules.make(config.model.schedule, config.model.num_steps)
+
+
+def _build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], rngs: nnx.Rngs) -> unet.UNet:
+    size, _, channels = image_shape
+    return unet.from_config(config.model, in_channels=channels, image_size=size, rngs=rngs)
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef_cached(model_json: str, image_shape: tuple[int, int, int]):
+    config = ml_collections.ConfigDict({"model": json.loads(model_json)})
+    return nnx.split(nnx.eval_shape(lambda: _build(config, image_shape, nnx.Rngs(0))))[0]
+
+
+def graphdef(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]):
+    """Static structure of the UNet for ``(H, W, C)`` images (cached per model config)."""
+    return _graphdef_cached(json.dumps(config.model.to_dict(), sort_keys=True), tuple(image_shape))
+
+
+def _images_and_cond(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array | None]:
+    keys = tuple(config.loss.keys)
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"config.loss.keys={keys} but the batch has no {missing}; batch keys: {sorted(batch)}.")
+    x0 = jnp.concatenate([batch[k] for k in keys], axis=0)
+    mode = config.loss.cond
+    if mode == "none":
+        return x0, None
+    if mode == "domain":
+        if config.model.num_classes < len(keys):
+            raise ValueError(
+                f"config.loss.cond='domain' with keys {keys} needs config.model.num_classes >= {len(keys)}, "
+                f"got {config.model.num_classes}."
+            )
+        cond = jnp.concatenate([jnp.full((batch[k].shape[0],), i, jnp.int32) for i, k in enumerate(keys)])
+        return x0, cond
+    if mode == "label":
+        return x0, jnp.concatenate([batch["label"]] * len(keys)).astype(jnp.int32)
+    raise ValueError(f"config.loss.cond={mode!r}; expected 'domain', 'label' or 'none'.")
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
+    x0, _ = _images_and_cond(config, batch)
+    k_params, k_state = jax.random.split(rng)
+    model = _build(config, x0.shape[1:], nnx.Rngs(params=k_params))
+    params = {"eps": nnx.to_pure_dict(nnx.split(model)[1])}
+    opt_state = {"eps": _common.optimizer(config, config.train.lr).init(params["eps"])}
+    ema = {"eps": params["eps"]} if config.train.ema else {}
+    return State(step=jnp.zeros((), jnp.int32), rng=k_state, params=params, opt_state=opt_state, ema=ema)
+
+
+def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
+    x0, cond = _images_and_cond(config, batch)
+    sched = schedule(config)
+    k_s, k_eps = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    n, top = x0.shape[0], sched.num_steps - 1
+    if config.loss.continuous_steps:
+        s = jax.random.uniform(k_s, (n,), maxval=float(top))
+    else:
+        s = jax.random.randint(k_s, (n,), 0, top + 1).astype(jnp.float32)
+    noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    gdef = graphdef(config, x0.shape[1:])
+    gamma = config.loss.snr_gamma or None
+
+    def loss_fn(p):
+        model = nnx.merge(gdef, p)
+        return denoising.epsilon_loss(model, x0, noise, s, sched.alpha_bar_at(s), cond=cond, snr_gamma=gamma)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params["eps"])
+    tx = _common.optimizer(config, config.train.lr)
+    params, opt_state = _common.apply_grads(tx, state.params["eps"], state.opt_state["eps"], grads)
+    ema = {"eps": _common.ema_update(state.ema["eps"], params, config.train.ema)} if config.train.ema else {}
+    metrics = {"loss": loss, "grad_norm": _global_norm(grads)}
+    return state.replace(step=state.step + 1, params={"eps": params}, opt_state={"eps": opt_state}, ema=ema), metrics
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+
+def eps_model(
+    config: ml_collections.ConfigDict,
+    state: State,
+    image_shape: tuple[int, int, int],
+    *,
+    label: int | None = None,
+    use_ema: bool = True,
+) -> unet.EpsModel:
+    """The trained ``eps_fn(x, s, cond)`` (EMA parameters by default); ``label`` fixes the domain."""
+    params = _common.map_params(config, state, "eps") if use_ema else state.params["eps"]
+    return unet.EpsModel(graphdef(config, image_shape), params, label)
+
+
+def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
+    """DDIB translation of label-0 images ``x`` to label 1 with ``config.translate`` (``nfe``, ``end_step``)."""
+    from jot.translate import ddib
+
+    shape = x.shape[1:]
+    return ddib.translate(
+        x, None, nfe=config.translate.nfe, schedule=schedule(config),
+        eps_source=eps_model(config, state, shape, label=0), eps_target=eps_model(config, state, shape, label=1),
+        end_step=config.translate.end_step,
+    )
+
+
+def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:
+    """Held-out denoising loss (EMA model) at fixed steps ``s = S/10, S/2, 9S/10`` and fixed noise."""
+    x0, cond = _images_and_cond(config, {k: jnp.asarray(v) for k, v in data.items()})
+    sched = schedule(config)
+    model = eps_model(config, state, x0.shape[1:])
+    noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
+    out = {}
+    for frac in (0.1, 0.5, 0.9):
+        s = jnp.full((x0.shape[0],), frac * (sched.num_steps - 1), jnp.float32)
+        loss = jax.jit(denoising.epsilon_loss)(model, x0, noise, s, sched.alpha_bar_at(s), cond=cond)
+        out[f"eval_loss_s{frac:.1f}"] = float(loss)
+    return out

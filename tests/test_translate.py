@@ -1,0 +1,140 @@
+"""Translators against closed-form Gaussian OT maps (exact epsilon-predictors, no training)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jot.diffusion import analytic, samplers, schedules
+from jot.ot import exact, semidiscrete
+from jot.translate import ddib, otald, prior_ot, sdedit
+
+M1, S1 = jnp.array([1.0, -1.0]), 0.5
+M2, S2 = jnp.array([-2.0, 3.0]), 1.5
+
+
+def _setup(schedule):
+    return analytic.GaussianEps(schedule, M1, jnp.asarray(S1)), analytic.GaussianEps(schedule, M2, jnp.asarray(S2))
+
+
+def _rmse(a, b):
+    return float(jnp.sqrt(jnp.mean(jnp.sum((a - b) ** 2, axis=-1))))
+
+
+def test_ddib_full_schedule_converges_to_gaussian_ot_map():
+    sched = schedules.make("linear", 1000, beta_end=0.03)  # alpha_bar[S-1] = 3e-7: latents ~ N(0, I)
+    eps_a, eps_b = _setup(sched)
+    x = M1 + S1 * jax.random.normal(jax.random.PRNGKey(0), (512, 2))
+    ot = analytic.gaussian_ot_map(x, M1, S1, M2, S2)
+    errors = [_rmse(ddib.translate(x, None, nfe=n, schedule=sched, eps_source=eps_a, eps_target=eps_b), ot)
+              for n in (20, 80, 320, 1280)]
+    # First order in 1/NFE (measured ~0.97, 0.34, 0.095, 0.025): 4x the NFE, ~3.5x less error.
+    assert all(later < earlier / 2.5 for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.04, errors
+
+
+def test_early_end_step_ddib_is_off_and_otald_is_exact():
+    sched = schedules.make("linear", 1000)
+    eps_a, eps_b = _setup(sched)
+    end = float(sched.step_from_alpha_bar(0.5))  # alpha_bar(s_end) = 0.5: latents far from N(0, I)
+    nfe = 80
+    x = M1 + S1 * jax.random.normal(jax.random.PRNGKey(1), (512, 2))
+    ot = analytic.gaussian_ot_map(x, M1, S1, M2, S2)
+
+    y_ddib = ddib.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, end_step=end)
+    # DDIB composes the two probability-flow maps through mismatched latents; in closed form:
+    a = 0.5
+    v1, v2 = np.sqrt(a * S1**2 + 1 - a), np.sqrt(a * S2**2 + 1 - a)
+    composite = M2 + (S2 / v2) * (np.sqrt(a) * (M1 - M2) + (v1 / S1) * (x - M1))
+    assert _rmse(y_ddib, composite) < 0.02
+    ddib_err = _rmse(y_ddib, ot)
+    assert ddib_err > 1.0
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(2))
+    train_a = M1 + S1 * jax.random.normal(k1, (2000, 2))
+    train_b = M2 + S2 * jax.random.normal(k2, (2000, 2))
+    latent_map, z_a, z_b = otald.fit(train_a, train_b, eps_source=eps_a, eps_target=eps_b, schedule=sched,
+                                     nfe=nfe, end_step=end, epsilon=0.002)
+    y_otald = otald.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b,
+                              latent_map=latent_map, end_step=end)
+    otald_err = _rmse(y_otald, ot)
+    assert otald_err < 0.1 and otald_err < ddib_err / 20, (otald_err, ddib_err)
+    # The map removes the latent mismatch: W2(M(Z_A), Z_B) << W2(Z_A, Z_B).
+    w2_before = exact.w2_squared(z_a[:1000], z_b[:1000])
+    w2_after = exact.w2_squared(latent_map(z_a[:1000]), z_b[:1000])
+    assert w2_after < w2_before / 20, (w2_before, w2_after)
+
+
+def test_prior_ot_map_matches_closed_form_gaussian_map():
+    sched = schedules.make("scaled_linear", 1000)
+    a_s = float(sched.alpha_bar[-1])
+    m, s = jnp.array([3.0, -2.0]), 0.7
+    x0 = m + s * jax.random.normal(jax.random.PRNGKey(3), (3000, 2))
+    latent_map, noise, q = prior_ot.fit(x0, jax.random.PRNGKey(4), schedule=sched, epsilon=0.002)
+    e = jax.random.normal(jax.random.PRNGKey(5), (1000, 2))
+    exact_map = np.sqrt(a_s) * m + np.sqrt(a_s * s**2 + 1 - a_s) * e
+    assert _rmse(latent_map(e), exact_map) < 0.05
+    q_fresh = prior_ot.terminal_samples(x0[:1000], jax.random.PRNGKey(6), sched)
+    before = exact.w2_squared(e, q_fresh)
+    after = exact.w2_squared(latent_map(e), q_fresh)
+    assert after < before / 3, (before, after)
+    # With the exact eps model, sampling from M(noise) lands on N(m, s^2): mean error shrinks.
+    eps = analytic.GaussianEps(sched, m, jnp.asarray(s))
+    with_map = prior_ot.sample(e, None, nfe=50, schedule=sched, eps_fn=eps, latent_map=latent_map)
+    without = prior_ot.sample(e, None, nfe=50, schedule=sched, eps_fn=eps)
+    err_with = float(jnp.linalg.norm(with_map.mean(0) - m))
+    err_without = float(jnp.linalg.norm(without.mean(0) - m))
+    assert err_with < err_without / 2, (err_with, err_without)
+
+
+def test_sdedit_from_top_step_samples_target_and_counts_nfe():
+    sched = schedules.make("linear", 1000)
+    _, eps_b = _setup(sched)
+    calls = []
+
+    def counted(x, s, cond):
+        jax.debug.callback(lambda: calls.append(1), ordered=True)
+        return eps_b(x, s, cond)
+
+    x = M1 + S1 * jax.random.normal(jax.random.PRNGKey(7), (4000, 2))
+    y = sdedit.translate(x, jax.random.PRNGKey(8), nfe=25, schedule=sched, eps_target=counted, start_step=999.0)
+    jax.effects_barrier()
+    assert len(calls) == 25
+    np.testing.assert_allclose(np.asarray(y.mean(0)), np.asarray(M2), atol=0.1)
+    np.testing.assert_allclose(np.asarray(y.std(0)), [S2, S2], atol=0.1)
+
+
+def test_ddib_and_otald_use_exactly_nfe_model_calls():
+    sched = schedules.make("linear", 100)
+    calls = []
+
+    def counted(x, s, cond):
+        jax.debug.callback(lambda: calls.append(1), ordered=True)
+        return 0.1 * x
+
+    x = jnp.ones((4, 2))
+    for nfe in (2, 5, 8):
+        calls.clear()
+        jax.block_until_ready(ddib.translate(x, None, nfe=nfe, schedule=sched, eps_source=counted, eps_target=counted))
+        jax.effects_barrier()
+        assert len(calls) == nfe
+    calls.clear()
+    jax.block_until_ready(otald.translate(x, None, nfe=7, schedule=sched, eps_source=counted, eps_target=counted,
+                                          latent_map=lambda z: z, end_step=50.0))
+    jax.effects_barrier()
+    assert len(calls) == 7
+
+
+def test_ddib_needs_two_model_calls():
+    sched = schedules.make("linear", 100)
+    with pytest.raises(ValueError, match=r"nfe=1.*integer >= 2"):
+        ddib.translate(jnp.ones((2, 2)), None, nfe=1, schedule=sched, eps_source=lambda x, s, c: x,
+                       eps_target=lambda x, s, c: x)
+
+
+def test_semidiscrete_cells_get_equal_mass():
+    x = jax.random.uniform(jax.random.PRNGKey(9), (4000, 2))
+    y = jnp.array([[0.1, 0.1], [0.2, 0.15], [0.9, 0.9], [0.5, 0.8]])  # unequal natural cells
+    sd = semidiscrete.fit(x, y, jax.random.PRNGKey(10), steps=3000, batch=512, lr=2e-3)
+    fractions = np.bincount(np.asarray(sd.assign(x)), minlength=4) / len(x)
+    np.testing.assert_allclose(fractions, 0.25, atol=0.03)
+    np.testing.assert_array_equal(np.asarray(sd(x[:5])), np.asarray(y[sd.assign(x[:5])]))
