@@ -77,6 +77,7 @@ def translate(
     del rng
     ddib.split_nfe(nfe)
     return _translate(
-        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule, latent_map,
+        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule,
+        samplers.as_pytree_fn(latent_map),
         end_step, nfe=nfe,
     )

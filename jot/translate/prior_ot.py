@@ -61,4 +61,5 @@ def sample(
     """DDIM samples from ``M(noise)`` (or from ``noise`` when ``latent_map`` is None); ``nfe`` calls."""
     del rng
     samplers.check_nfe(nfe)
+    latent_map = None if latent_map is None else samplers.as_pytree_fn(latent_map)
     return _sample(noise, samplers.as_pytree_fn(eps_fn), schedule, latent_map, cond, nfe=nfe)

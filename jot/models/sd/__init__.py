@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from jax.typing import DTypeLike
 
 from jot.models.sd.clip import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from jot.models.sd.convert import convert_state_dict, load_module, read_safetensors, read_weights
+from jot.models.sd.convert import convert_state_dict, find_weights, load_module, read_safetensors, read_weights
 from jot.models.sd.sharding import param_shardings, shard_params
 from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
@@ -43,6 +43,7 @@ __all__ = [
     "VAEConfig",
     "alpha_bar_from_config",
     "convert_state_dict",
+    "find_weights",
     "load",
     "load_module",
     "param_shardings",
@@ -69,6 +70,14 @@ class StableDiffusion:
     tokenizer: CLIPTokenizer
     scheduler_config: dict[str, Any]
     schedule: np.ndarray
+
+
+# subfolder -> (what belongs there, weights file stem)
+_NETWORKS: dict[str, tuple[str, str]] = {
+    "unet": ("the UNet2DConditionModel (config.json + diffusion_pytorch_model.safetensors)", "diffusion_pytorch_model"),
+    "vae": ("the AutoencoderKL (config.json + diffusion_pytorch_model.safetensors)", "diffusion_pytorch_model"),
+    "text_encoder": ("the CLIPTextModel (config.json + model.safetensors)", "model"),
+}
 
 
 def alpha_bar_from_config(config: dict[str, Any]) -> np.ndarray:
@@ -139,43 +148,39 @@ def load(
     _read_json(root / "model_index.json", "model_index.json of a diffusers pipeline")
     param_dtype = dtype if param_dtype is None else param_dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-
-    def network(name: str, what: str, stem: str, build: Any) -> nnx.Module:
+    builders = {
+        "unet": lambda c: UNet2DConditionModel(c, remat=remat, rngs=nnx.Rngs(0), **kw),
+        "vae": lambda c: AutoencoderKL(c, rngs=nnx.Rngs(0), **kw),
+        "text_encoder": lambda c: CLIPTextModel(c, rngs=nnx.Rngs(0), **kw),
+    }
+    # Check every folder and file first, so a broken download fails before minutes of loading.
+    found: dict[str, tuple[Path, dict[str, Any], list[Path]]] = {}
+    for name, (what, stem) in _NETWORKS.items():
         folder = _subfolder(root, name, what)
         config = _read_json(folder / "config.json", f"the {what} config.json")
-        tensors = read_weights(folder, stem, variant=variant)
-        return load_module(lambda: build(config), tensors, source=str(folder), mesh=mesh)
-
-    unet = network(
-        "unet",
-        "the UNet2DConditionModel (config.json + diffusion_pytorch_model.safetensors)",
-        "diffusion_pytorch_model",
-        lambda c: UNet2DConditionModel(c, remat=remat, rngs=nnx.Rngs(0), **kw),
-    )
-    vae = network(
-        "vae",
-        "the AutoencoderKL (config.json + diffusion_pytorch_model.safetensors)",
-        "diffusion_pytorch_model",
-        lambda c: AutoencoderKL(c, rngs=nnx.Rngs(0), **kw),
-    )
-    text_encoder = network(
-        "text_encoder",
-        "the CLIPTextModel (config.json + model.safetensors)",
-        "model",
-        lambda c: CLIPTextModel(c, rngs=nnx.Rngs(0), **kw),
-    )
+        found[name] = (folder, config, find_weights(folder, stem, variant=variant))
     tokenizer_dir = _subfolder(root, "tokenizer", "the CLIP tokenizer (vocab.json + merges.txt or tokenizer.json)")
-    tokenizer = CLIPTokenizer.from_dir(tokenizer_dir)
-    max_positions = text_encoder.config.max_position_embeddings
-    if tokenizer.model_max_length > max_positions:
-        tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)
     scheduler_dir = _subfolder(root, "scheduler", "scheduler_config.json")
     scheduler_config = _read_json(scheduler_dir / "scheduler_config.json", "the scheduler config")
+    schedule = alpha_bar_from_config(scheduler_config)
+    tokenizer = CLIPTokenizer.from_dir(tokenizer_dir)
+
+    networks: dict[str, Any] = {}
+    for name, (folder, config, files) in found.items():
+        tensors: dict[str, np.ndarray] = {}
+        for file in files:
+            tensors.update(read_safetensors(file))
+        build = builders[name]
+        networks[name] = load_module(lambda: build(config), tensors, source=str(folder), mesh=mesh)
+        del tensors
+    max_positions = networks["text_encoder"].config.max_position_embeddings
+    if tokenizer.model_max_length > max_positions:
+        tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)
     return StableDiffusion(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        unet=networks["unet"],
+        vae=networks["vae"],
+        text_encoder=networks["text_encoder"],
         tokenizer=tokenizer,
         scheduler_config=scheduler_config,
-        schedule=alpha_bar_from_config(scheduler_config),
+        schedule=schedule,
     )

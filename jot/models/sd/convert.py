@@ -204,10 +204,11 @@ def _pickle_message(path: Path) -> str:
     )
 
 
-def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> dict[str, np.ndarray]:
-    """Read ``<folder>/<stem>[.<variant>].safetensors`` or its sharded ``.safetensors.index.json`` form.
+def find_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> list[Path]:
+    """The safetensors file(s) holding ``<folder>/<stem>[.<variant>]``, without reading them.
 
-    ``stem`` is ``diffusion_pytorch_model`` (diffusers) or ``model`` (transformers).
+    ``stem`` is ``diffusion_pytorch_model`` (diffusers) or ``model`` (transformers); a
+    sharded checkpoint is found through its ``.safetensors.index.json``.
     Raises FileNotFoundError naming the expected file, or ValueError with conversion
     instructions when only a pickled ``.bin``/``.ckpt``/``.pt`` checkpoint is there.
     """
@@ -216,13 +217,13 @@ def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -
     single = folder / f"{base}.safetensors"
     index = folder / f"{base}.safetensors.index.json"
     if single.is_file():
-        return read_safetensors(single)
+        return [single]
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        tensors: dict[str, np.ndarray] = {}
-        for shard in sorted(set(weight_map.values())):
-            tensors.update(read_safetensors(folder / shard))
-        return tensors
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shards that are not in {folder}: {missing}.")
+        return [folder / s for s in shards]
     pickled = sorted(p for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
     if pickled:
         raise ValueError(_pickle_message(pickled[0]))
@@ -230,3 +231,11 @@ def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -
         f"expected weights {single} (or {index.name}) in {folder}; save the model there with "
         "save_pretrained(..., safe_serialization=True)."
     )
+
+
+def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint :func:`find_weights` locates, as numpy arrays."""
+    tensors: dict[str, np.ndarray] = {}
+    for path in find_weights(folder, stem, variant=variant):
+        tensors.update(read_safetensors(path))
+    return tensors
