@@ -25,6 +25,9 @@ TEST = [
     "pytest-xdist>=3.5",
     "chex>=0.1.88",
     "POT>=0.9.4",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
     # CPU PyTorch and the reference implementations the ported networks are checked against.
     "torch==2.13.0",
     "diffusers>=0.40",

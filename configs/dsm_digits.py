@@ -33,7 +33,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_groups = 8
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.keys = ("x", "y")  # batch entries trained on; their position is the domain label
+    c.loss.domains = ("x", "y")  # batch entries trained on; their position is the domain label
     c.loss.cond = "domain"  # domain | label | none
     c.loss.snr_gamma = 0.0  # min-SNR-gamma weighting; 0 = off (the plain DDPM loss)
     c.loss.continuous_steps = True  # s ~ U[0, S-1] (the samplers use fractional steps)
@@ -65,17 +65,17 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         return c
     if preset == "cpu16":
         c.data.size = 16
-        c.model.channels = 32
+        c.model.channels = 16
         c.model.channel_mult = (1, 2)
         c.model.num_res_blocks = 1
         c.model.attention_resolutions = ()
-        c.train.steps = 1500
-        c.train.batch_size = 32
+        c.train.steps = 800
+        c.train.batch_size = 16
         c.train.lr = 1e-3
         c.train.lr_schedule = "cosine"
         c.train.lr_final_fraction = 0.05
         c.train.ema = 0.99
-        c.train.checkpoint_every = 500
+        c.train.checkpoint_every = 400
         return c
     if preset == "test":
         c.data.size = 16

@@ -158,7 +158,7 @@ def test_pickle_only_folder(pipeline, tmp_path):
 
 
 def test_mismatched_weights_name_every_bad_key(pipeline):
-    tensors = read_weights(pipeline[1] / "unet", "diffusion_pytorch_model")
+    tensors = dict(read_weights(pipeline[1] / "unet", "diffusion_pytorch_model"))
     tensors.pop("conv_in.bias")
     tensors["mid_block.extra.weight"] = np.zeros((3, 3), np.float32)
     tensors["conv_out.weight"] = np.zeros((4, 16, 5, 5), np.float32)

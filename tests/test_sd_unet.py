@@ -9,7 +9,10 @@ import torch
 from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
 
-from jot.models.sd import UNet2DConditionModel, load_module, read_weights
+from jax.sharding import PartitionSpec as P
+
+from jot.models.sd import UNet2DConditionModel, load_module, read_weights, shard_params
+from jot.models.sd.sharding import param_spec
 
 torch.set_num_threads(1)  # the test machine is small and shared; more threads only spin
 # Tiny models: XLA's backend optimisation buys nothing here and doubles compile time.
@@ -146,11 +149,25 @@ def test_unet_sharded_equals_unsharded(tiny):
     )
     specs = [leaf.sharding.spec for leaf in jax.tree.leaves(nnx.state(sharded))]
     assert sum("fsdp" in tuple(s) for s in specs) >= 10  # the kernels really are split
+    # shard_params on a loaded model places the same way as loading onto the mesh
+    moved = shard_params(load_module(lambda: UNet2DConditionModel(tiny["cfg"], rngs=nnx.Rngs(0)), tensors, source="t"), mesh, min_size=512)
+    assert [leaf.sharding.spec for leaf in jax.tree.leaves(nnx.state(moved))] == specs
     fn, state = _jit_apply(sharded)
     got = np.asarray(fn(state, tiny["x"], tiny["t"], tiny["ctx"]))
     err = float(np.abs(got - tiny["out"]).max())
     print(f"sharded vs unsharded: max abs diff {err:.2e}")
     assert err <= 1e-5 * max(1.0, float(np.abs(tiny["out"]).max()))
+
+
+def test_param_spec_rule():
+    assert param_spec((3, 3, 320, 640), 8) == P(None, None, None, "fsdp")  # largest divisible dim
+    assert param_spec((1280, 1280), 8) == P(None, "fsdp")  # ties: the output dim
+    assert param_spec((3, 3, 4, 320), 8, min_size=1) == P(None, None, None, "fsdp")
+    assert param_spec((320,), 8) == P()  # below min_size: replicated
+    assert param_spec((1000, 77), 16) == P()  # nothing divisible: replicated
+    explicit = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with pytest.raises(ValueError, match=r"mesh axes \['fsdp'\] are AxisType.Explicit"):
+        shard_params(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), explicit)
 
 
 def test_unet_bf16_close_to_fp32(tiny):
@@ -180,7 +197,7 @@ def test_unet_remat_gradient_matches_torch(tiny):
         return jnp.sum(nnx.merge(graphdef, s)(x, t, ctx) ** 2)
 
     grad = jax.grad(loss, argnums=1)
-    assert "checkpoint" in str(jax.make_jaxpr(grad)(state, x))  # the blocks really are rematerialised
+    assert "remat" in str(jax.make_jaxpr(grad)(state, x))  # the backward pass recomputes the blocks
     got = np.asarray(jax.jit(grad, compiler_options=FAST_COMPILE)(state, x))
     x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_(True)
     out = tiny["ref"](x_torch, torch.tensor([float(t)] * 2), torch.from_numpy(ctx)).sample

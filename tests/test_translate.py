@@ -82,7 +82,8 @@ def test_prior_ot_map_matches_closed_form_gaussian_map():
     q_fresh = prior_ot.terminal_samples(x0[:1000], jax.random.PRNGKey(6), sched)
     before = exact.w2_squared(e, q_fresh)
     after = exact.w2_squared(latent_map(e), q_fresh)
-    assert after < before / 3, (before, after)
+    floor = exact.w2_squared(exact_map, q_fresh)  # two finite samples of the same law
+    assert after < 1.25 * floor and before > 1.5 * floor, (before, after, floor)
     # With the exact eps model, sampling from M(noise) lands on N(m, s^2): mean error shrinks.
     eps = analytic.GaussianEps(sched, m, jnp.asarray(s))
     with_map = prior_ot.sample(e, None, nfe=50, schedule=sched, eps_fn=eps, latent_map=latent_map)

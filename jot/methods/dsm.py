@@ -1,7 +1,7 @@
 """DSM: trains the pixel-space UNet noise predictor (``jot.models.unet``) by denoising score
 matching in epsilon form (``jot.losses.denoising.epsilon_loss``), with an EMA of the parameters.
 
-One step: images ``x0`` are the batch entries named in ``config.loss.keys`` (``("x", "y")``
+One step: images ``x0`` are the batch entries named in ``config.loss.domains`` (``("x", "y")``
 trains one network on both translation domains, with the domain index ``0, 1, ...`` as the
 class label when ``config.model.num_classes > 0``; ``config.loss.cond = "label"`` uses
 ``batch["label"]`` instead, ``"none"`` trains an unconditional network). Steps are drawn as
@@ -51,10 +51,10 @@ def graphdef(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int
 
 
 def _images_and_cond(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array | None]:
-    keys = tuple(config.loss.keys)
+    keys = tuple(config.loss.domains)
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise KeyError(f"config.loss.keys={keys} but the batch has no {missing}; batch keys: {sorted(batch)}.")
+        raise KeyError(f"config.loss.domains={keys} but the batch has no {missing}; batch keys: {sorted(batch)}.")
     x0 = jnp.concatenate([batch[k] for k in keys], axis=0)
     mode = config.loss.cond
     if mode == "none":

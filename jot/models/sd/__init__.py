@@ -27,7 +27,14 @@ from jax.sharding import Mesh
 from jax.typing import DTypeLike
 
 from jot.models.sd.clip import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from jot.models.sd.convert import convert_state_dict, find_weights, load_module, read_safetensors, read_weights
+from jot.models.sd.convert import (
+    SafetensorsFiles,
+    convert_state_dict,
+    find_weights,
+    load_module,
+    read_safetensors,
+    read_weights,
+)
 from jot.models.sd.sharding import param_shardings, shard_params
 from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
@@ -37,6 +44,7 @@ __all__ = [
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTokenizer",
+    "SafetensorsFiles",
     "StableDiffusion",
     "UNet2DConditionModel",
     "UNetConfig",
@@ -167,12 +175,8 @@ def load(
 
     networks: dict[str, Any] = {}
     for name, (folder, config, files) in found.items():
-        tensors: dict[str, np.ndarray] = {}
-        for file in files:
-            tensors.update(read_safetensors(file))
         build = builders[name]
-        networks[name] = load_module(lambda: build(config), tensors, source=str(folder), mesh=mesh)
-        del tensors
+        networks[name] = load_module(lambda: build(config), SafetensorsFiles(files), source=str(folder), mesh=mesh)
     max_positions = networks["text_encoder"].config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:
         tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)

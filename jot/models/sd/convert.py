@@ -18,10 +18,12 @@ only; pickled checkpoints are refused with instructions to convert them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -164,24 +166,60 @@ def load_module(
     return nnx.merge(graphdef, convert_state_dict(tensors, state, source=source, shardings=shardings))
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file as numpy arrays (no unpickling, ever).
+class SafetensorsFiles(Mapping[str, np.ndarray]):
+    """Read-only mapping tensor name -> numpy array over one or more ``.safetensors`` files.
 
-    Raises ValueError naming the file when it is truncated or corrupt.
+    Headers are read (and validated) up front; each tensor is read only when looked up,
+    so converting a 3.4 GB UNet never holds a second full copy in host memory.
+    Never unpickles. Raises ValueError naming the file when it is truncated or corrupt.
     """
-    path = Path(path)
-    if path.suffix in _PICKLE_SUFFIXES:
-        raise ValueError(_pickle_message(path))
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self._where: dict[str, Path] = {}
+        for path in map(Path, paths):
+            if path.suffix in _PICKLE_SUFFIXES:
+                raise ValueError(_pickle_message(path))
+            with _open(path) as f:
+                for key in f.keys():
+                    self._where[key] = path
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        path = self._where[key]
+        with _open(path) as f:
+            try:
+                return f.get_tensor(key)
+            except Exception as e:
+                raise _corrupt(path, e) from e
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _corrupt(path: Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"could not read safetensors file {path} ({type(error).__name__}: {error}); it is truncated or "
+        "corrupt: download or save it again."
+    )
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"expected safetensors weights at {path}, but it does not exist.")
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
-        raise ValueError(
-            f"could not read safetensors file {path} ({type(e).__name__}: {e}); it is truncated or corrupt: "
-            "download or save it again."
-        ) from e
+        handle = safe_open(str(path), framework="numpy")
+    except Exception as e:  # safetensors raises SafetensorError / OSError for damaged headers
+        raise _corrupt(path, e) from e
+    with handle as f:
+        yield f
+
+
+def read_safetensors(path: str | Path) -> SafetensorsFiles:
+    """The tensors of one ``.safetensors`` file (read lazily; see :class:`SafetensorsFiles`)."""
+    return SafetensorsFiles([path])
 
 
 def _pickle_message(path: Path) -> str:
@@ -233,9 +271,6 @@ def find_weights(folder: str | Path, stem: str, *, variant: str | None = None) -
     )
 
 
-def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> dict[str, np.ndarray]:
-    """All tensors of the checkpoint :func:`find_weights` locates, as numpy arrays."""
-    tensors: dict[str, np.ndarray] = {}
-    for path in find_weights(folder, stem, variant=variant):
-        tensors.update(read_safetensors(path))
-    return tensors
+def read_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> SafetensorsFiles:
+    """The tensors of the checkpoint :func:`find_weights` locates (read lazily)."""
+    return SafetensorsFiles(find_weights(folder, stem, variant=variant))
