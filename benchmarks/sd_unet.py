@@ -16,9 +16,11 @@ of the two outputs. Results are written as JSON to ``--out``.
 
 Needs torch and diffusers (the test extras). Memory: ~3.4 GB of weights per process.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -100,7 +102,7 @@ def run_torch(workdir: Path, sizes: list[int], threads: int, repeats: int) -> di
         args = [torch.from_numpy(inputs[k]) for k in ("latents", "timesteps", "context")]
         with torch.no_grad():
             out = unet(*args).sample  # warm-up
-            times = _time(lambda: unet(*args).sample, repeats)
+            times = _time(functools.partial(unet, *args), repeats)
         np.save(workdir / f"torch_{size}.npy", out.numpy().transpose(0, 2, 3, 1))
         result[str(size)] = {"times_s": times, "median_s": statistics.median(times)}
     result["final"] = _rss_mb()
@@ -138,7 +140,7 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
         start = time.perf_counter()
         out = jax.block_until_ready(forward(state, *args))  # compile + first call
         compile_s = time.perf_counter() - start
-        times = _time(lambda: jax.block_until_ready(forward(state, *args)), repeats)
+        times = _time(lambda args=args: jax.block_until_ready(forward(state, *args)), repeats)
         np.save(workdir / f"jot_{size}.npy", np.asarray(out))
         result[str(size)] = {"times_s": times, "median_s": statistics.median(times), "compile_and_first_s": compile_s}
     result["final"] = _rss_mb()
@@ -217,7 +219,9 @@ def main() -> None:
         "rows": rows,
     }
     print(f"threads: torch.set_num_threads({torch_res['threads']}), both pinned to cores {torch_res['cores']}")
-    print(f"{'latent':>8} {'torch s':>9} {'jot s':>9} {'ratio':>7} {'jot compile s':>14} {'max|diff|':>10} {'scale':>7}")
+    print(
+        f"{'latent':>8} {'torch s':>9} {'jot s':>9} {'ratio':>7} {'jot compile s':>14} {'max|diff|':>10} {'scale':>7}"
+    )
     for r in rows:
         print(
             f"{r['latent']:>8} {r['torch_median_s']:9.3f} {r['jot_median_s']:9.3f} {r['ratio_torch_over_jot']:7.2f} "

@@ -39,13 +39,13 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.loss.k_t = 1  # map updates per potential update
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 20_000
+    c.train.steps = 4_000
     c.train.batch_size = 256
     c.train.lr_map = 1e-3
     c.train.lr_potential = 1e-3
     c.train.b1 = 0.0
     c.train.b2 = 0.9
-    c.train.lr_schedule = "constant"  # constant | cosine
+    c.train.lr_schedule = "cosine"  # constant | cosine
     c.train.lr_final_fraction = 0.0
     c.train.grad_clip = 0.0  # global-norm clip; 0 = off
     c.train.ema = 0.99  # EMA decay of the maps; 0 = off

@@ -1,4 +1,5 @@
 """Parity of jot's CLIP text encoder and tokenizer with transformers on tiny random configs."""
+
 import json
 
 import jax

@@ -1,4 +1,5 @@
 """`jot.models.sd.load` on a tiny pipeline folder laid out like stable-diffusion-v1-5, and its errors."""
+
 import json
 import shutil
 
@@ -9,11 +10,10 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from test_sd_clip import TEXTS, tiny_clip_config, write_vocab
 
 from jot.models import sd
 from jot.models.sd import UNet2DConditionModel, alpha_bar_from_config, convert_state_dict, read_weights
-
-from test_sd_clip import TEXTS, tiny_clip_config, write_vocab
 
 torch.set_num_threads(1)  # the test machine is small and shared; more threads only spin
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -76,7 +76,14 @@ def _close(name, got, want):
 
 def test_load_matches_torch_pipeline(pipeline):
     pipe, folder = pipeline
-    assert {p.name for p in folder.iterdir()} >= {"model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "model_index.json",
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+    }
     parts = sd.load(folder)
 
     ids = parts.tokenizer(TEXTS[:2])
@@ -112,7 +119,9 @@ def test_load_matches_torch_pipeline(pipeline):
 
 
 def test_alpha_bar_linear_and_unknown():
-    linear = alpha_bar_from_config({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 10})
+    linear = alpha_bar_from_config(
+        {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 10}
+    )
     np.testing.assert_allclose(linear, np.cumprod(1 - np.linspace(1e-4, 0.02, 10)))
     with pytest.raises(ValueError, match=r"beta_schedule='squaredcos_cap_v2' is not supported"):
         alpha_bar_from_config({"beta_schedule": "squaredcos_cap_v2"})
@@ -141,7 +150,9 @@ def test_truncated_safetensors(pipeline, tmp_path):
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"safetensors file .*unet/diffusion_pytorch_model.safetensors.*truncated or corrupt"):
+    with pytest.raises(
+        ValueError, match=r"safetensors file .*unet/diffusion_pytorch_model.safetensors.*truncated or corrupt"
+    ):
         sd.load(folder)
 
 
@@ -172,3 +183,19 @@ def test_mismatched_weights_name_every_bad_key(pipeline):
     assert "extra key 'mid_block.extra.weight' shape (3, 3)" in message
     assert "shape mismatch for 'conv_out.weight' -> 'conv_out.kernel': checkpoint (4, 16, 5, 5)" in message
     assert "vs model (3, 3, 16, 4)" in message
+
+
+def test_safetensors_dtypes_read_without_pickle(tmp_path):
+    """fp32, fp16 and bf16 tensors all come back as numpy arrays with their values."""
+    import safetensors.torch
+
+    values = torch.linspace(-3, 3, 12).reshape(3, 4)
+    tensors = {"f32": values, "f16": values.half(), "bf16": values.bfloat16()}
+    safetensors.torch.save_file(tensors, tmp_path / "w.safetensors")
+    read = sd.read_safetensors(tmp_path / "w.safetensors")
+    assert sorted(read) == ["bf16", "f16", "f32"]
+    for key, tensor in tensors.items():
+        array = read[key]
+        assert array.shape == (3, 4)
+        np.testing.assert_array_equal(array.astype(np.float32), tensor.float().numpy())
+    assert read["bf16"].dtype == jax.numpy.bfloat16

@@ -1,4 +1,5 @@
 """Parity of jot's SD UNet with diffusers' UNet2DConditionModel on tiny random configs."""
+
 import json
 
 import jax
@@ -8,7 +9,6 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
-
 from jax.sharding import PartitionSpec as P
 
 from jot.models.sd import UNet2DConditionModel, load_module, read_weights, shard_params
@@ -70,9 +70,7 @@ def _torch_and_jot(config: dict, tmp_path, seed: int = 0, **jot_kw):
     ref.save_pretrained(tmp_path, safe_serialization=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
     tensors = read_weights(tmp_path, "diffusion_pytorch_model")
-    model = load_module(
-        lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0), **jot_kw), tensors, source=str(tmp_path)
-    )
+    model = load_module(lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0), **jot_kw), tensors, source=str(tmp_path))
     return ref, model, cfg
 
 
@@ -133,7 +131,9 @@ def tiny(tmp_path_factory):
     fn, state = _jit_apply(model)
     x, _, ctx = _inputs(TINY, 8, 8)
     t = np.float32(500.0)
-    return dict(ref=ref, cfg=cfg, folder=folder, x=x, t=t, ctx=ctx, fn=fn, state=state, out=np.asarray(fn(state, x, t, ctx)))
+    return dict(
+        ref=ref, cfg=cfg, folder=folder, x=x, t=t, ctx=ctx, fn=fn, state=state, out=np.asarray(fn(state, x, t, ctx))
+    )
 
 
 def test_unet_scalar_timestep_equals_broadcast(tiny):
@@ -150,7 +150,8 @@ def test_unet_sharded_equals_unsharded(tiny):
     specs = [leaf.sharding.spec for leaf in jax.tree.leaves(nnx.state(sharded))]
     assert sum("fsdp" in tuple(s) for s in specs) >= 10  # the kernels really are split
     # shard_params on a loaded model places the same way as loading onto the mesh
-    moved = shard_params(load_module(lambda: UNet2DConditionModel(tiny["cfg"], rngs=nnx.Rngs(0)), tensors, source="t"), mesh, min_size=512)
+    plain = load_module(lambda: UNet2DConditionModel(tiny["cfg"], rngs=nnx.Rngs(0)), tensors, source="t")
+    moved = shard_params(plain, mesh, min_size=512)
     assert [leaf.sharding.spec for leaf in jax.tree.leaves(nnx.state(moved))] == specs
     fn, state = _jit_apply(sharded)
     got = np.asarray(fn(state, tiny["x"], tiny["t"], tiny["ctx"]))

@@ -1,7 +1,9 @@
 """Parity of jot's AutoencoderKL with diffusers' on a tiny random config, and its scaling convention."""
+
+import json
+
 import jax
 import jax.numpy as jnp
-import json
 import numpy as np
 import pytest
 import torch
@@ -106,7 +108,10 @@ def test_vae_scaling_convention(vae):
 def test_vae_legacy_attention_names_load(vae):
     """Checkpoints saved before diffusers 0.14 name the mid-block attention query/key/value/proj_attn."""
     legacy = {
-        k.replace("to_q.", "query.").replace("to_k.", "key.").replace("to_v.", "value.").replace("to_out.0.", "proj_attn."): v
+        k.replace("to_q.", "query.")
+        .replace("to_k.", "key.")
+        .replace("to_v.", "value.")
+        .replace("to_out.0.", "proj_attn."): v
         for k, v in vae["tensors"].items()
     }
     assert legacy.keys() != vae["tensors"].keys()

@@ -30,7 +30,8 @@ from jot.data.images import index_batch, shuffled_indices
 
 @dataclasses.dataclass(frozen=True)
 class DigitsSplit:
-    """The fixed split (arrays NHWC float32 in ``[-1, 1]``, labels int32)."""
+    """The fixed split (arrays NHWC float32 in ``[-1, 1]``, labels int32, and the indices of the
+    underlying ``load_digits`` images in each part)."""
 
     source_train: np.ndarray
     source_labels: np.ndarray
@@ -39,6 +40,7 @@ class DigitsSplit:
     test_x: np.ndarray
     test_y: np.ndarray
     test_labels: np.ndarray
+    indices: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def thin_and_thick(size: int = 32, thickness: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +62,8 @@ def split(size: int = 32, thickness: float = 1.0, split_seed: int = 0,
     order = np.random.default_rng(split_seed).permutation(len(labels))
     n_src, n_tgt = int(fractions[0] * len(order)), int(fractions[1] * len(order))
     src, tgt, test = order[:n_src], order[n_src:n_src + n_tgt], order[n_src + n_tgt:]
-    return DigitsSplit(thin[src], labels[src], thick[tgt], labels[tgt], thin[test], thick[test], labels[test])
+    return DigitsSplit(thin[src], labels[src], thick[tgt], labels[tgt], thin[test], thick[test], labels[test],
+                      (src, tgt, test))
 
 
 class DigitsDataset:

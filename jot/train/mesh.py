@@ -12,12 +12,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def initialize_distributed() -> None:
-    """Joins a multi-host job when the environment describes one; idempotent, no-op otherwise."""
+    """Joins a multi-host job when ``JOT_DISTRIBUTED=1`` or ``JAX_COORDINATOR_ADDRESS`` is set
+    (``jax.distributed.initialize`` then reads the cluster from the environment: TPU pods,
+    SLURM, ...). Idempotent; a no-op for single-process runs."""
     import os
 
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+    if jax.distributed.is_initialized():
         return
-    if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")):
+    if os.environ.get("JOT_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in os.environ:
         jax.distributed.initialize()
 
 

@@ -13,9 +13,11 @@ writes it, e.g. a copy of stable-diffusion-v1-5)::
 
 Weights are read from safetensors only; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,9 @@ def alpha_bar_from_config(config: dict[str, Any]) -> np.ndarray:
     start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
     kind = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is not None:
-        raise ValueError("scheduler_config sets trained_betas; only beta_schedule 'linear'/'scaled_linear' is supported.")
+        raise ValueError(
+            "scheduler_config sets trained_betas; only beta_schedule 'linear'/'scaled_linear' is supported."
+        )
     if kind == "scaled_linear":
         betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
     elif kind == "linear":
@@ -175,8 +179,9 @@ def load(
 
     networks: dict[str, Any] = {}
     for name, (folder, config, files) in found.items():
-        build = builders[name]
-        networks[name] = load_module(lambda: build(config), SafetensorsFiles(files), source=str(folder), mesh=mesh)
+        networks[name] = load_module(
+            functools.partial(builders[name], config), SafetensorsFiles(files), source=str(folder), mesh=mesh
+        )
     max_positions = networks["text_encoder"].config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:
         tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)

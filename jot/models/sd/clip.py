@@ -8,6 +8,7 @@ mask, ``quick_gelu`` (SD 1.x) or exact ``gelu`` (SD 2.x) MLPs, final LayerNorm.
 ``</w>`` word ends, as transformers builds it) and pads/truncates every prompt
 to ``model_max_length`` (77) tokens ``<|startoftext|> ... <|endoftext|> pad...``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,7 +60,8 @@ class CLIPTextConfig:
         values = {f.name: config.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
         if values["hidden_act"] not in _ACTIVATIONS:
             raise ValueError(
-                f"text encoder hidden_act={values['hidden_act']!r} is not supported; expected one of {list(_ACTIVATIONS)}."
+                f"text encoder hidden_act={values['hidden_act']!r} is not supported; "
+                f"expected one of {list(_ACTIVATIONS)}."
             )
         if values["hidden_size"] % values["num_attention_heads"]:
             raise ValueError(
@@ -280,5 +282,7 @@ def _bpe_from_files(vocab: Path, merges: Path, *, bos: str, eos: str, unk: str) 
     bos_id, eos_id = vocab_map.get(bos), vocab_map.get(eos)
     if bos_id is None or eos_id is None:
         raise ValueError(f"{vocab} lacks the special tokens {bos!r} / {eos!r} a CLIP vocabulary needs.")
-    tok.post_processor = processors.RobertaProcessing((eos, eos_id), (bos, bos_id), trim_offsets=False, add_prefix_space=False)
+    tok.post_processor = processors.RobertaProcessing(
+        (eos, eos_id), (bos, bos_id), trim_offsets=False, add_prefix_space=False
+    )
     return tok

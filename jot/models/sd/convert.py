@@ -14,18 +14,22 @@ The conversion is a rule table checked against an ``nnx.eval_shape``'d target:
 
 Every missing, extra, duplicated or mis-shaped key is collected and reported in one
 ``ValueError`` naming the key and both shapes. Weights are read from safetensors
-only; pickled checkpoints are refused with instructions to convert them.
+only (fp32, fp16 and bf16 tensors); pickled checkpoints are refused with instructions
+to convert them.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import re
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -93,7 +97,7 @@ def convert_state_dict(
       shardings: optional per-parameter shardings keyed by the flat path tuple;
         arrays are placed with ``jax.device_put`` as they are converted.
     Returns:
-      ``abstract_state`` with every leaf replaced by a ``jax.Array`` of the target dtype.
+      ``abstract_state``, filled in place: every leaf becomes a ``jax.Array`` of its target dtype.
     Raises:
       ValueError listing every missing, extra, duplicated or mis-shaped key.
     """
@@ -131,7 +135,9 @@ def convert_state_dict(
         converted[path] = jax.device_put(value, sharding)
     for path, target in targets.items():
         if path not in origin:
-            problems.append(f"missing key {'.'.join(map(str, path))!r} shape {tuple(target.shape)}: not in the checkpoint")
+            problems.append(
+                f"missing key {'.'.join(map(str, path))!r} shape {tuple(target.shape)}: not in the checkpoint"
+            )
     if problems:
         listed = "\n  ".join(problems[:_MAX_LISTED])
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
@@ -139,9 +145,8 @@ def convert_state_dict(
             f"weights {source} do not match the model ({len(problems)} problems); check that the config.json "
             f"next to them describes the same architecture:\n  {listed}{more}"
         )
-    state = abstract_state
-    state.replace_by_pure_dict(nnx.traversals.unflatten_mapping(converted))
-    return state
+    abstract_state.replace_by_pure_dict(nnx.traversals.unflatten_mapping(converted))
+    return abstract_state
 
 
 def load_module(
@@ -186,16 +191,29 @@ class SafetensorsFiles(Mapping[str, np.ndarray]):
     def __getitem__(self, key: str) -> np.ndarray:
         path = self._where[key]
         with _open(path) as f:
+            if f.get_slice(key).get_dtype() == "BF16":  # numpy has no bfloat16; read the raw bytes
+                return _read_bf16(path, key)
             try:
                 return f.get_tensor(key)
             except Exception as e:
-                raise _corrupt(path, e) from e
+                raise ValueError(f"could not read tensor {key!r} from {path} ({type(e).__name__}: {e}).") from e
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+def _read_bf16(path: Path, key: str) -> np.ndarray:
+    """One bfloat16 tensor, from the safetensors layout: u64 header size, JSON header, raw data."""
+    with open(path, "rb") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(header_size))[key]
+        begin, end = entry["data_offsets"]
+        f.seek(8 + header_size + begin)
+        raw = f.read(end - begin)
+    return np.frombuffer(raw, dtype=jnp.bfloat16).reshape(entry["shape"])
 
 
 def _corrupt(path: Path, error: Exception) -> ValueError:
@@ -226,13 +244,13 @@ def _pickle_message(path: Path) -> str:
     folder = path.parent
     if folder.name == "text_encoder":
         how = (
-            f"python -c \"from transformers import CLIPTextModel; "
+            f'python -c "from transformers import CLIPTextModel; '
             f"CLIPTextModel.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
         )
     else:
         cls = "UNet2DConditionModel" if folder.name == "unet" else "AutoencoderKL"
         how = (
-            f"python -c \"from diffusers import {cls}; "
+            f'python -c "from diffusers import {cls}; '
             f"{cls}.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
         )
     return (

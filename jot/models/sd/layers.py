@@ -8,6 +8,7 @@ Every module takes ``dtype`` (the compute dtype) and ``param_dtype`` (the dtype
 the parameters are stored in); normalisation statistics are computed in float32
 by Flax whatever the compute dtype.
 """
+
 from __future__ import annotations
 
 import jax
@@ -73,9 +74,7 @@ def linear(
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
     """``torch.nn.Linear(in_features, out_features, bias=use_bias)``."""
-    return nnx.Linear(
-        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-    )
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def multi_head_attention(
@@ -170,9 +169,7 @@ class ResnetBlock2D(nnx.Module):
         self.output_scale_factor = output_scale_factor
         self.norm1 = group_norm(in_channels, groups, eps, **kw)
         self.conv1 = conv(in_channels, out_channels, 3, **kw)
-        self.time_emb_proj = (
-            linear(temb_channels, out_channels, **kw) if temb_channels is not None else None
-        )
+        self.time_emb_proj = linear(temb_channels, out_channels, **kw) if temb_channels is not None else None
         self.norm2 = group_norm(out_channels, groups, eps, **kw)
         self.conv2 = conv(out_channels, out_channels, 3, **kw)
         self.conv_shortcut = conv(in_channels, out_channels, 1, **kw) if in_channels != out_channels else None
@@ -194,9 +191,7 @@ class ResnetBlock2D(nnx.Module):
 class Downsample2D(nnx.Module):
     """Stride-2 3x3 ``conv``; ``padding=1`` pads both sides, ``padding=0`` pads bottom/right only."""
 
-    def __init__(
-        self, channels: int, *, padding: int, dtype: DType, param_dtype: DType, rngs: nnx.Rngs
-    ) -> None:
+    def __init__(self, channels: int, *, padding: int, dtype: DType, param_dtype: DType, rngs: nnx.Rngs) -> None:
         if padding not in (0, 1):
             raise ValueError(f"downsample padding must be 0 or 1, got {padding}.")
         pads = ((1, 1), (1, 1)) if padding == 1 else ((0, 1), (0, 1))

@@ -6,6 +6,7 @@ divides (ties go to the later, output-side dimension); everything else (biases,
 norm scales, small kernels) is replicated. Batches are sharded separately along
 ``data`` by the caller; XLA inserts the gathers.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 FSDP_AXIS = "fsdp"
 
 
-def param_spec(shape: tuple[int, ...], fsdp_size: int, *, axis: str = FSDP_AXIS, min_size: int = 2**16) -> PartitionSpec:
+def param_spec(
+    shape: tuple[int, ...], fsdp_size: int, *, axis: str = FSDP_AXIS, min_size: int = 2**16
+) -> PartitionSpec:
     """The ``PartitionSpec`` of one parameter of ``shape`` under the rule table above."""
     if fsdp_size <= 1 or math.prod(shape) < min_size:
         return PartitionSpec()
@@ -38,7 +41,7 @@ def param_shardings(
     ``AxisType.Auto`` (GSPMD propagation, as ``jax.sharding.Mesh`` makes by default):
     the networks rely on XLA to place activations.
     """
-    explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit]
+    explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t == AxisType.Explicit]
     if explicit:
         raise ValueError(
             f"mesh axes {explicit} are AxisType.Explicit; the SD networks need Auto axes. Build the mesh with "

@@ -9,6 +9,7 @@ Note the diffusers naming quirk kept by every SD checkpoint: ``attention_head_di
 in the config is the *number of heads* per block (SD 1.x: 8 everywhere; SD 2.x:
 ``[5, 10, 20, 20]``), and the head width is ``block channels // heads``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -145,7 +146,7 @@ class UNetConfig:
         if not isinstance(cross_dim, int):
             raise ValueError(f"unet config cross_attention_dim must be one int, got {cross_dim!r}.")
         heads = _per_block(config.get("attention_head_dim", 8), n, "attention_head_dim")
-        for c, h in zip(channels, heads):
+        for c, h in zip(channels, heads, strict=True):
             if c % h:
                 raise ValueError(
                     f"unet block with {c} channels cannot be split into attention_head_dim={h} heads "
@@ -330,9 +331,7 @@ class DownBlock(nnx.Module):
         )
         self.downsampler = Downsample2D(out_channels, padding=cfg.downsample_padding, **kw) if add_downsample else None
 
-    def __call__(
-        self, x: jax.Array, temb: jax.Array, context: jax.Array
-    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, temb)
@@ -382,9 +381,7 @@ class UpBlock(nnx.Module):
         )
         self.upsampler = Upsample2D(out_channels, **kw) if add_upsample else None
 
-    def __call__(
-        self, x: jax.Array, skips: Sequence[jax.Array], temb: jax.Array, context: jax.Array
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, skips: Sequence[jax.Array], temb: jax.Array, context: jax.Array) -> jax.Array:
         for i, resnet in enumerate(self.resnets):
             x = resnet(jnp.concatenate([x, skips[-1 - i]], axis=-1), temb)
             if self.attentions is not None:

@@ -13,6 +13,7 @@ Scaling convention (tested in ``tests/test_sd_vae.py``):
 
 Images are NHWC in ``[-1, 1]``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,12 +57,16 @@ class VAEConfig:
     def from_diffusers(cls, config: Mapping[str, Any]) -> VAEConfig:
         """Parse a diffusers ``AutoencoderKL`` ``config.json`` dict (raises on unsupported options)."""
         known = {f.name for f in dataclasses.fields(cls)} | {"down_block_types", "up_block_types"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known | set(_FIXED_KEYS) | _IGNORED_KEYS)
+        unknown = sorted(
+            k for k in config if not k.startswith("_") and k not in known | set(_FIXED_KEYS) | _IGNORED_KEYS
+        )
         if unknown:
             raise ValueError(f"vae config has keys this AutoencoderKL port does not know: {unknown}.")
         for key, allowed in _FIXED_KEYS.items():
             if key in config and config[key] not in allowed:
-                raise ValueError(f"vae config {key}={config[key]!r} is not supported (expected one of {list(allowed)}).")
+                raise ValueError(
+                    f"vae config {key}={config[key]!r} is not supported (expected one of {list(allowed)})."
+                )
         channels = tuple(config.get("block_out_channels", (64,)))
         for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
             types = tuple(config.get(key, (kind,)))
@@ -96,7 +101,14 @@ class AttentionBlock(Attention):
 
     def __init__(self, channels: int, *, groups: int, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs) -> None:
         super().__init__(
-            channels, heads=1, head_dim=channels, qkv_bias=True, upcast=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            channels,
+            heads=1,
+            head_dim=channels,
+            qkv_bias=True,
+            upcast=True,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
         self.group_norm = group_norm(channels, groups, _EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -109,14 +121,18 @@ class AttentionBlock(Attention):
 class MidBlock(nnx.Module):
     """``UNetMidBlock2D`` without time embedding: resnet, (attention), resnet."""
 
-    def __init__(self, channels: int, *, cfg: VAEConfig, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, channels: int, *, cfg: VAEConfig, dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs
+    ) -> None:
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.resnets = nnx.List(
             ResnetBlock2D(channels, channels, temb_channels=None, groups=cfg.norm_num_groups, eps=_EPS, **kw)
             for _ in range(2)
         )
         self.attentions = (
-            nnx.List([AttentionBlock(channels, groups=cfg.norm_num_groups, **kw)]) if cfg.mid_block_add_attention else None
+            nnx.List([AttentionBlock(channels, groups=cfg.norm_num_groups, **kw)])
+            if cfg.mid_block_add_attention
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -130,12 +146,21 @@ class EncoderBlock(nnx.Module):
     """``DownEncoderBlock2D``: resnets then an optional bottom/right-padded stride-2 conv."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, *, cfg: VAEConfig, add_downsample: bool,
-        dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs,
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        cfg: VAEConfig,
+        add_downsample: bool,
+        dtype: DTypeLike,
+        param_dtype: DTypeLike,
+        rngs: nnx.Rngs,
     ) -> None:
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.resnets = nnx.List(
-            ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_channels=None, groups=cfg.norm_num_groups, eps=_EPS, **kw)
+            ResnetBlock2D(
+                in_ch if i == 0 else out_ch, out_ch, temb_channels=None, groups=cfg.norm_num_groups, eps=_EPS, **kw
+            )
             for i in range(cfg.layers_per_block)
         )
         self.downsampler = Downsample2D(out_ch, padding=0, **kw) if add_downsample else None
@@ -150,12 +175,21 @@ class DecoderBlock(nnx.Module):
     """``UpDecoderBlock2D``: ``layers_per_block + 1`` resnets then an optional 2x upsample."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, *, cfg: VAEConfig, add_upsample: bool,
-        dtype: DTypeLike, param_dtype: DTypeLike, rngs: nnx.Rngs,
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        cfg: VAEConfig,
+        add_upsample: bool,
+        dtype: DTypeLike,
+        param_dtype: DTypeLike,
+        rngs: nnx.Rngs,
     ) -> None:
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.resnets = nnx.List(
-            ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_channels=None, groups=cfg.norm_num_groups, eps=_EPS, **kw)
+            ResnetBlock2D(
+                in_ch if i == 0 else out_ch, out_ch, temb_channels=None, groups=cfg.norm_num_groups, eps=_EPS, **kw
+            )
             for i in range(cfg.layers_per_block + 1)
         )
         self.upsampler = Upsample2D(out_ch, **kw) if add_upsample else None
@@ -174,7 +208,8 @@ class Encoder(nnx.Module):
         ch = cfg.block_out_channels
         self.conv_in = conv(cfg.in_channels, ch[0], 3, **kw)
         self.down_blocks = nnx.List(
-            EncoderBlock(ch[max(i - 1, 0)], ch[i], cfg=cfg, add_downsample=i < len(ch) - 1, **kw) for i in range(len(ch))
+            EncoderBlock(ch[max(i - 1, 0)], ch[i], cfg=cfg, add_downsample=i < len(ch) - 1, **kw)
+            for i in range(len(ch))
         )
         self.mid_block = MidBlock(ch[-1], cfg=cfg, **kw)
         self.conv_norm_out = group_norm(ch[-1], cfg.norm_num_groups, _EPS, **kw)

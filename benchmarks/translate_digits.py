@@ -1,0 +1,142 @@
+"""Thin -> thick digits: SDEdit, DDIB and OT-ALD at equal NFE (ALGORITHMS.md sections 4 and 6).
+
+    python benchmarks/translate_digits.py --workdir=runs/dsm_digits16
+
+Uses (or first trains, with ``configs/dsm_digits.py:cpu16`` through the generic loop) one
+domain-conditioned UNet in ``--workdir``. For each method and NFE it translates every test
+image and reports: PSNR to the true thick twin; class accuracy of the output under a logistic
+regression fit on the thick *training* images; Frechet distance to the held-out thick images in
+the fixed random-feature space of ``jot.metrics.frechet``; seconds per image; and, for OT-ALD,
+the latent mismatch ``W2^2(Z_A, Z_B)`` before and ``W2^2(M(Z_A), Z_B)`` after the map (exact
+assignment on the fit latents, and on the test latents against ``Z_B``). Writes JSON to
+``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import dsm_digits  # noqa: E402
+from jot import io  # noqa: E402
+from jot.data import digits  # noqa: E402
+from jot.methods import dsm  # noqa: E402
+from jot.metrics import frechet, image  # noqa: E402
+from jot.ot import exact  # noqa: E402
+from jot.train import loop  # noqa: E402
+from jot.translate import ddib, otald, sdedit  # noqa: E402
+
+
+def load_model(workdir: str, preset: str, steps: int | None):
+    config = dsm_digits.get_config(preset)
+    config.train.progress = False
+    if steps:
+        config.train.steps = steps
+    trainer = loop.Trainer(config, workdir)
+    if trainer.checkpoints.latest_step() is None or trainer.checkpoints.latest_step() < config.train.steps:
+        trainer.checkpoints.close()
+        t0 = time.perf_counter()
+        loop.train(config, workdir)
+        print(f"trained dsm for {config.train.steps} steps in {time.perf_counter() - t0:.0f} s")
+        trainer = loop.Trainer(config, workdir)
+    return config, trainer.initial_state()
+
+
+def timed(fn, x):
+    jax.block_until_ready(fn(x[:8]))  # compile for a small batch is not enough: warm the full shape
+    jax.block_until_ready(fn(x))
+    t0 = time.perf_counter()
+    y = np.asarray(jax.block_until_ready(fn(x)))
+    return y, (time.perf_counter() - t0) / len(x)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="runs/dsm_digits16")
+    p.add_argument("--preset", default="cpu16")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    p.add_argument("--nfes", default="4,8,16,50")
+    p.add_argument("--num_fit", type=int, default=512, help="training images per domain for the OT-ALD map")
+    p.add_argument("--ot_epsilon", type=float, default=0.01)
+    p.add_argument("--early_end", type=float, default=0.5, help="early end step as a fraction of S-1")
+    p.add_argument("--sdedit_start", type=float, default=0.5, help="SDEdit s0 as a fraction of S-1")
+    p.add_argument("--out", default="benchmarks/results/translate_digits.json")
+    args = p.parse_args()
+
+    config, state = load_model(args.workdir, args.preset, args.steps)
+    sp = digits.split(config.data.size, config.data.thickness, config.data.split_seed)
+    sched = dsm.schedule(config)
+    top = float(sched.num_steps - 1)
+    shape = sp.test_x.shape[1:]
+    eps_a, eps_b = (dsm.eps_model(config, state, shape, label=i) for i in (0, 1))
+    x_test = jnp.asarray(sp.test_x)
+    fit_x, fit_y = jnp.asarray(sp.source_train[: args.num_fit]), jnp.asarray(sp.target_train[: args.num_fit])
+
+    clf = LogisticRegression(max_iter=2000).fit(sp.target_train.reshape(len(sp.target_train), -1), sp.target_labels)
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    reference = {
+        "twin_accuracy": float(clf.score(flat(sp.test_y), sp.test_labels)),
+        "source_accuracy": float(clf.score(flat(sp.test_x), sp.test_labels)),
+        "source_psnr": float(image.psnr(sp.test_x, sp.test_y).mean()),
+        "source_frechet": frechet.frechet_distance(sp.test_x, sp.test_y),
+        "train_target_frechet": frechet.frechet_distance(sp.target_train, sp.test_y),
+    }
+    print("reference:", json.dumps(reference))
+    early = round(args.early_end * top)
+    rows = []
+    for nfe in [int(n) for n in args.nfes.split(",")]:
+        runs = {
+            "sdedit": lambda x, nfe=nfe: sdedit.translate(x, jax.random.PRNGKey(0), nfe=nfe, schedule=sched,
+                                                          eps_target=eps_b, start_step=args.sdedit_start * top),
+        }
+        for end, tag in ((top, ""), (float(early), f"@{early}")):
+            runs["ddib" + tag] = lambda x, nfe=nfe, end=end: ddib.translate(
+                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, end_step=end)
+            t0 = time.perf_counter()
+            m, z_a, z_b = otald.fit(fit_x, fit_y, eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
+                                    end_step=end, epsilon=args.ot_epsilon)
+            fit_seconds = time.perf_counter() - t0
+            z_test = otald.invert(x_test, eps_fn=eps_a, schedule=sched, nfe=nfe // 2, end_step=end)
+            w2 = {
+                "w2sq_fit_before": exact.w2_squared(flat(z_a), flat(z_b)) / z_a[0].size,
+                "w2sq_fit_after": exact.w2_squared(flat(m(z_a)), flat(z_b)) / z_a[0].size,
+                "w2sq_test_before": exact.w2_squared(flat(z_test), flat(z_b[: len(z_test)])) / z_a[0].size,
+                "w2sq_test_after": exact.w2_squared(flat(m(z_test)), flat(z_b[: len(z_test)])) / z_a[0].size,
+                "fit_seconds": fit_seconds,
+            }
+            runs["otald" + tag] = (lambda x, nfe=nfe, end=end, m=m: otald.translate(
+                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, latent_map=m, end_step=end), w2)
+        for name, run in runs.items():
+            fn, extra = run if isinstance(run, tuple) else (run, {})
+            y, sec = timed(fn, x_test)
+            row = {
+                "method": name, "nfe": nfe,
+                "psnr": float(image.psnr(y, sp.test_y).mean()),
+                "accuracy": float(clf.score(flat(y), sp.test_labels)),
+                "frechet": frechet.frechet_distance(y, sp.test_y),
+                "seconds_per_image": sec, **extra,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nS = {sched.num_steps}, early end step = {early}, SDEdit s0 = {args.sdedit_start * top:.0f}; "
+          f"{len(sp.test_x)} test images; W2^2 per pixel on latents")
+    print(f"{'method':<14}{'NFE':>4}{'PSNR':>8}{'acc':>7}{'FD':>9}{'ms/img':>8}{'W2 before':>11}{'W2 after':>10}")
+    for r in rows:
+        w2 = f"{r['w2sq_test_before']:>11.4f}{r['w2sq_test_after']:>10.4f}" if "w2sq_test_before" in r else ""
+        print(f"{r['method']:<14}{r['nfe']:>4}{r['psnr']:>8.2f}{r['accuracy']:>7.3f}{r['frechet']:>9.4f}"
+              f"{1e3 * r['seconds_per_image']:>8.2f}{w2}")
+    io.write_json(args.out, {"reference": reference, "rows": rows, "args": vars(args),
+                             "devices": str(jax.devices())})
+
+
+if __name__ == "__main__":
+    main()
