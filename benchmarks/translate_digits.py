@@ -96,11 +96,12 @@ def main():
     for nfe in [int(n) for n in args.nfes.split(",")]:
         runs = {
             "sdedit": lambda x, nfe=nfe: sdedit.translate(x, jax.random.PRNGKey(0), nfe=nfe, schedule=sched,
-                                                          eps_target=eps_b, start_step=args.sdedit_start * top),
+                                                          eps_target=eps_b, start_step=args.sdedit_start * top,
+                                                          clip=1.0),
         }
         for end, tag in ((top, ""), (float(early), f"@{early}")):
             runs["ddib" + tag] = lambda x, nfe=nfe, end=end: ddib.translate(
-                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, end_step=end)
+                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, end_step=end, clip=1.0)
             t0 = time.perf_counter()
             m, z_a, z_b = otald.fit(fit_x, fit_y, eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
                                     end_step=end, epsilon=args.ot_epsilon)
@@ -114,7 +115,7 @@ def main():
                 "fit_seconds": fit_seconds,
             }
             runs["otald" + tag] = (lambda x, nfe=nfe, end=end, m=m: otald.translate(
-                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, latent_map=m, end_step=end), w2)
+                x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, latent_map=m, end_step=end, clip=1.0), w2)
         for name, run in runs.items():
             fn, extra = run if isinstance(run, tuple) else (run, {})
             y, sec = timed(fn, x_test)

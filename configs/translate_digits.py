@@ -24,6 +24,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     t.num_fit = 512  # training images per domain inverted to fit the OT-ALD map
     t.ot_map = "entropic"  # entropic | semidiscrete
     t.ot_epsilon = 0.01  # entropic: fraction of the mean cost; semidiscrete: soft-min temperature
+    t.clip = 1.0  # clip x0_hat to [-1, 1] while sampling (pixels); 0 = off
     t.checkpoint_dir = ""  # "" = the workdir
     if preset == "test":
         t.num_images = 8

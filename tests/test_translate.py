@@ -145,3 +145,15 @@ def test_semidiscrete_cells_get_equal_mass():
     fractions = np.bincount(np.asarray(sd.assign(x)), minlength=4) / len(x)
     np.testing.assert_allclose(fractions, 0.25, atol=0.03)
     np.testing.assert_array_equal(np.asarray(sd(x[:5])), np.asarray(y[sd.assign(x[:5])]))
+
+
+def test_translate_run_without_a_trained_model_is_a_clear_error(tmp_path):
+    from configs import translate_digits
+    from jot import translate
+
+    config = translate_digits.get_config("test")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*checkpoints; train a dsm model first"):
+        translate.run(config, str(tmp_path))
+    config.translate.method = "cyclegan"
+    with pytest.raises(ValueError, match=r"translate.method='cyclegan'; expected one of \['sdedit', 'ddib', 'otald'\]"):
+        translate.run(config, str(tmp_path))

@@ -66,29 +66,32 @@ def list_images(folder: str) -> list[str]:
     return paths
 
 
-def load_image(path: str, *, size: int, channels: int, resize: str) -> np.ndarray:
-    """Reads one file as a ``(size, size, channels)`` float32 array in ``[-1, 1]``."""
+def prepare(img: Image.Image, *, size: int, channels: int, resize: str, name: str) -> np.ndarray:
+    """Converts a PIL image to ``(size, size, channels)`` float32 in ``[-1, 1]`` (``name`` for errors)."""
     if channels not in (1, 3):
         raise ValueError(f"config.data.channels={channels}; expected 1 (grayscale) or 3 (RGB).")
+    img = img.convert("L" if channels == 1 else "RGB")
+    if resize == "crop":
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    elif resize != "none":
+        raise ValueError(f"config.data.resize={resize!r}; expected 'crop' or 'none'.")
+    elif img.size != (size, size):
+        raise ValueError(
+            f"image {name!r} is {img.size[0]}x{img.size[1]}; expected {size}x{size} with config.data.resize='none'. "
+            "Use resize='crop' to resize and centre-crop."
+        )
+    return np.asarray(img, np.float32).reshape(size, size, channels) / 127.5 - 1.0
+
+
+def load_image(path: str, *, size: int, channels: int, resize: str) -> np.ndarray:
+    """Reads one file as a ``(size, size, channels)`` float32 array in ``[-1, 1]``."""
     with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if resize == "crop":
-            w, h = img.size
-            scale = size / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        elif resize != "none":
-            raise ValueError(f"config.data.resize={resize!r}; expected 'crop' or 'none'.")
-        elif img.size != (size, size):
-            raise ValueError(
-                f"image {path!r} is {img.size[0]}x{img.size[1]}; expected {size}x{size} with config.data.resize='none'. "
-                "Use resize='crop' to resize and centre-crop."
-            )
-        arr = np.asarray(img, np.float32)
-    arr = arr.reshape(size, size, channels)
-    return arr / 127.5 - 1.0
+        return prepare(img, size=size, channels=channels, resize=resize, name=path)
 
 
 class FolderDataset:

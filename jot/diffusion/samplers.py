@@ -76,9 +76,16 @@ def add_noise(schedule: Schedule, x0: jax.Array, s: jax.Array, noise: jax.Array)
     return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
 
 
-def _ddim_update(x, eps, a, a_next, sigma, z):
-    """One DDIM/DDPM move from ``alpha_bar = a`` to ``a_next`` (formula in the module doc)."""
+def _ddim_update(x, eps, a, a_next, sigma, z, clip=None):
+    """One DDIM/DDPM move from ``alpha_bar = a`` to ``a_next`` (formula in the module doc).
+
+    With ``clip``, ``x0_hat`` is clipped to ``[-clip, clip]`` and ``eps`` recomputed from it,
+    ``eps = (x - sqrt(a) x0_hat) / sqrt(1 - a)`` (the "clip denoised" of pixel-space DDPM code).
+    """
     x0_hat = (x - jnp.sqrt(1.0 - a) * eps) / jnp.sqrt(a)
+    if clip is not None:
+        x0_hat = jnp.clip(x0_hat, -clip, clip)
+        eps = (x - jnp.sqrt(a) * x0_hat) / jnp.sqrt(1.0 - a)
     dir_coef = jnp.sqrt(jnp.maximum(1.0 - a_next - sigma**2, 0.0))
     return jnp.sqrt(a_next) * x0_hat + dir_coef * eps + sigma * z
 
@@ -87,8 +94,8 @@ def _batch_steps(s: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.full((x.shape[0],), s, jnp.float32)
 
 
-@partial(jax.jit, static_argnames=("nfe",))
-def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe):
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe, clip):
     grid = jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
     keys = jax.random.split(rng, nfe)
 
@@ -98,7 +105,7 @@ def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe):
         eps = eps_fn(x, _batch_steps(s, x), cond)
         sigma = eta * jnp.sqrt((1.0 - a_next) / (1.0 - a) * (1.0 - a / a_next))
         z = jax.random.normal(keys[k], x.shape, x.dtype)
-        return _ddim_update(x, eps, a, a_next, sigma, z).astype(x.dtype), None
+        return _ddim_update(x, eps, a, a_next, sigma, z, clip).astype(x.dtype), None
 
     x, _ = jax.lax.scan(body, x, jnp.arange(nfe))
     return x
@@ -131,15 +138,18 @@ def ddim_sample(
     start: float | None = None,
     end: float = -1.0,
     cond: Any = None,
+    clip: float | None = None,
 ) -> jax.Array:
     """Deterministic DDIM (eta = 0) from step ``start`` (default ``S-1``) down to ``end``.
 
     Makes exactly ``nfe`` calls of ``eps_fn``. ``x`` is the state at ``start`` (e.g. N(0, I)
     noise, or an inverted latent); returns the state at ``end`` (``end=-1``: clean data).
+    ``clip``: clip ``x0_hat`` to ``[-clip, clip]`` at every step (pixel data in [-1, 1]: 1.0).
     """
     check_nfe(nfe)
     start = _default_start(schedule, start)
-    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, jax.random.PRNGKey(0), start, end, 0.0, nfe=nfe)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, jax.random.PRNGKey(0), start, end, 0.0, nfe=nfe,
+                   clip=clip)
 
 
 def ddpm_sample(
@@ -153,15 +163,17 @@ def ddpm_sample(
     end: float = -1.0,
     cond: Any = None,
     eta: float = 1.0,
+    clip: float | None = None,
 ) -> jax.Array:
     """Ancestral (stochastic) sampling on the ``nfe``-step grid; ``eta=1`` is DDPM.
 
     With a skipped grid the update is the exact Gaussian posterior of the forward process
     between consecutive grid steps given ``x0_hat``. Makes exactly ``nfe`` calls of ``eps_fn``.
+    ``clip`` as in ``ddim_sample``.
     """
     check_nfe(nfe)
     start = _default_start(schedule, start)
-    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, rng, start, end, eta, nfe=nfe)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, rng, start, end, eta, nfe=nfe, clip=clip)
 
 
 def ddim_invert(

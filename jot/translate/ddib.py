@@ -24,11 +24,11 @@ def split_nfe(nfe: int) -> tuple[int, int]:
     return nfe // 2, nfe - nfe // 2
 
 
-@partial(jax.jit, static_argnames=("nfe",))
-def _translate(x, eps_source, eps_target, schedule, end_step, *, nfe):
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _translate(x, eps_source, eps_target, schedule, end_step, *, nfe, clip):
     n_inv, n_gen = split_nfe(nfe)
     z = samplers.ddim_invert(eps_source, x, schedule=schedule, nfe=n_inv, end=end_step)
-    return samplers.ddim_sample(eps_target, z, schedule=schedule, nfe=n_gen, start=end_step)
+    return samplers.ddim_sample(eps_target, z, schedule=schedule, nfe=n_gen, start=end_step, clip=clip)
 
 
 def translate(
@@ -40,12 +40,15 @@ def translate(
     eps_source: samplers.EpsFn,
     eps_target: samplers.EpsFn,
     end_step: float | None = None,
+    clip: float | None = None,
 ) -> jax.Array:
     """DDIB translation with ``nfe`` model calls in total (``rng`` unused: DDIB is deterministic).
 
-    ``end_step`` defaults to ``S - 1``.
+    ``end_step`` defaults to ``S - 1``; ``clip`` clips ``x0_hat`` while sampling (``ddim_sample``).
     """
     del rng
     split_nfe(nfe)
     end = float(schedule.num_steps - 1) if end_step is None else end_step
-    return _translate(x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule, end, nfe=nfe)
+    return _translate(
+        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule, end, nfe=nfe, clip=clip
+    )

@@ -55,11 +55,11 @@ def fit(
     return maps.fit(z_a, z_b, method=method, epsilon=epsilon, rng=rng), z_a, z_b
 
 
-@partial(jax.jit, static_argnames=("nfe",))
-def _translate(x, eps_source, eps_target, schedule, latent_map, end_step, *, nfe):
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _translate(x, eps_source, eps_target, schedule, latent_map, end_step, *, nfe, clip):
     n_inv, n_gen = ddib.split_nfe(nfe)
     z = samplers.ddim_invert(eps_source, x, schedule=schedule, nfe=n_inv, end=end_step)
-    return samplers.ddim_sample(eps_target, latent_map(z), schedule=schedule, nfe=n_gen, start=end_step)
+    return samplers.ddim_sample(eps_target, latent_map(z), schedule=schedule, nfe=n_gen, start=end_step, clip=clip)
 
 
 def translate(
@@ -72,12 +72,13 @@ def translate(
     eps_target: samplers.EpsFn,
     latent_map: Any,
     end_step: float,
+    clip: float | None = None,
 ) -> jax.Array:
-    """Step 3 with ``nfe`` model calls in total (deterministic; ``rng`` unused)."""
+    """Step 3 with ``nfe`` model calls in total (deterministic; ``rng`` unused; ``clip`` as in DDIB)."""
     del rng
     ddib.split_nfe(nfe)
     return _translate(
         x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule,
         samplers.as_pytree_fn(latent_map),
-        end_step, nfe=nfe,
+        end_step, nfe=nfe, clip=clip,
     )

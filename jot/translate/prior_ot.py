@@ -42,10 +42,10 @@ def fit(
     return maps.fit(noise, q, method=method, epsilon=epsilon, rng=k_fit), noise, q
 
 
-@partial(jax.jit, static_argnames=("nfe",))
-def _sample(noise, eps_fn, schedule, latent_map, cond, *, nfe):
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _sample(noise, eps_fn, schedule, latent_map, cond, *, nfe, clip):
     start = latent_map(noise) if latent_map is not None else noise
-    return samplers.ddim_sample(eps_fn, start, schedule=schedule, nfe=nfe, cond=cond)
+    return samplers.ddim_sample(eps_fn, start, schedule=schedule, nfe=nfe, cond=cond, clip=clip)
 
 
 def sample(
@@ -57,9 +57,11 @@ def sample(
     eps_fn: samplers.EpsFn,
     latent_map: Any = None,
     cond: Any = None,
+    clip: float | None = None,
 ) -> jax.Array:
-    """DDIM samples from ``M(noise)`` (or from ``noise`` when ``latent_map`` is None); ``nfe`` calls."""
+    """DDIM samples from ``M(noise)`` (or from ``noise`` when ``latent_map`` is None); ``nfe`` calls
+    (``clip`` as in ``ddim_sample``)."""
     del rng
     samplers.check_nfe(nfe)
     latent_map = None if latent_map is None else samplers.as_pytree_fn(latent_map)
-    return _sample(noise, samplers.as_pytree_fn(eps_fn), schedule, latent_map, cond, nfe=nfe)
+    return _sample(noise, samplers.as_pytree_fn(eps_fn), schedule, latent_map, cond, nfe=nfe, clip=clip)

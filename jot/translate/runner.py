@@ -70,7 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eps_a, eps_b = (dsm.eps_model(config, state, shape, label=i) for i in (0, 1))
     rng = jax.random.PRNGKey(config.seed)
 
-    common = dict(nfe=tc.nfe, schedule=sched)
+    common = dict(nfe=tc.nfe, schedule=sched, clip=tc.get("clip") or None)
     if tc.method == "sdedit":
         fn = lambda x: sdedit.translate(x, rng, eps_target=eps_b, start_step=tc.sdedit_start_step, **common)  # noqa: E731
     elif tc.method == "ddib":
@@ -80,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             jnp.asarray(_training_images(trainer.dataset, "x", tc.num_fit)),
             jnp.asarray(_training_images(trainer.dataset, "y", tc.num_fit)),
             eps_source=eps_a, eps_target=eps_b, end_step=tc.end_step, method=tc.ot_map, epsilon=tc.ot_epsilon,
-            **common,
+            nfe=tc.nfe, schedule=sched,
         )
         fn = lambda x: otald.translate(x, None, eps_source=eps_a, eps_target=eps_b, latent_map=latent_map,  # noqa: E731
                                        end_step=tc.end_step, **common)

@@ -16,10 +16,10 @@ from jot.diffusion import samplers
 from jot.diffusion.schedules import Schedule
 
 
-@partial(jax.jit, static_argnames=("nfe",))
-def _translate(x, rng, eps_target, schedule, start_step, cond, *, nfe):
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _translate(x, rng, eps_target, schedule, start_step, cond, *, nfe, clip):
     noisy = samplers.add_noise(schedule, x, start_step, jax.random.normal(rng, x.shape, x.dtype))
-    return samplers.ddim_sample(eps_target, noisy, schedule=schedule, nfe=nfe, start=start_step, cond=cond)
+    return samplers.ddim_sample(eps_target, noisy, schedule=schedule, nfe=nfe, start=start_step, cond=cond, clip=clip)
 
 
 def translate(
@@ -31,7 +31,11 @@ def translate(
     eps_target: samplers.EpsFn,
     start_step: float,
     cond: Any = None,
+    clip: float | None = None,
 ) -> jax.Array:
-    """Translates ``x`` with SDEdit from step ``start_step``; exactly ``nfe`` target-model calls."""
+    """Translates ``x`` with SDEdit from step ``start_step``; exactly ``nfe`` target-model calls
+    (``clip`` clips ``x0_hat``, see ``ddim_sample``)."""
     samplers.check_nfe(nfe)
-    return _translate(x, rng, samplers.as_pytree_fn(eps_target), schedule, start_step, cond, nfe=nfe)
+    return _translate(
+        x, rng, samplers.as_pytree_fn(eps_target), schedule, start_step, cond, nfe=nfe, clip=clip
+    )

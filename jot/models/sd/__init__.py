@@ -160,16 +160,21 @@ def load(
     _read_json(root / "model_index.json", "model_index.json of a diffusers pipeline")
     param_dtype = dtype if param_dtype is None else param_dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype)
+    parsers = {
+        "unet": UNetConfig.from_diffusers,
+        "vae": VAEConfig.from_diffusers,
+        "text_encoder": CLIPTextConfig.from_transformers,
+    }
     builders = {
         "unet": lambda c: UNet2DConditionModel(c, remat=remat, rngs=nnx.Rngs(0), **kw),
         "vae": lambda c: AutoencoderKL(c, rngs=nnx.Rngs(0), **kw),
         "text_encoder": lambda c: CLIPTextModel(c, rngs=nnx.Rngs(0), **kw),
     }
-    # Check every folder and file first, so a broken download fails before minutes of loading.
-    found: dict[str, tuple[Path, dict[str, Any], list[Path]]] = {}
+    # Check every folder, config and file first, so a broken download fails before minutes of loading.
+    found: dict[str, tuple[Path, Any, list[Path]]] = {}
     for name, (what, stem) in _NETWORKS.items():
         folder = _subfolder(root, name, what)
-        config = _read_json(folder / "config.json", f"the {what} config.json")
+        config = parsers[name](_read_json(folder / "config.json", f"the {what} config.json"))
         found[name] = (folder, config, find_weights(folder, stem, variant=variant))
     tokenizer_dir = _subfolder(root, "tokenizer", "the CLIP tokenizer (vocab.json + merges.txt or tokenizer.json)")
     scheduler_dir = _subfolder(root, "scheduler", "scheduler_config.json")
