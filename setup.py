@@ -28,6 +28,7 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "tensorflow-datasets>=4.9.10",  # tfds.data_source + mock_data; TensorFlow itself is not needed
     # CPU PyTorch and the reference implementations the ported networks are checked against.
     "torch==2.13.0",
     "diffusers>=0.40",

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jot.diffusion import analytic, samplers, schedules
+from jot.diffusion import analytic, schedules
 from jot.ot import exact, semidiscrete
 from jot.translate import ddib, otald, prior_ot, sdedit
 

@@ -6,8 +6,9 @@ No Flax, no optax, no globals: close the callables over your parameters and take
     from jot import losses
     loss, aux = losses.semi_dual.map_loss(T, v, x, tau=0.1)
 """
-from jot.losses import costs, displacement, regularizers, semi_dual
+from jot.losses import costs, denoising, displacement, regularizers, semi_dual
 from jot.losses.costs import quadratic, quadratic_scale
+from jot.losses.denoising import epsilon_loss
 from jot.losses.displacement import backward_map_loss, forward_map_loss, interpolate, value_loss
 from jot.losses.regularizers import hjb_penalty, hjb_residual, r1_penalty
 from jot.losses.semi_dual import map_loss, potential_loss
@@ -15,7 +16,9 @@ from jot.losses.semi_dual import map_loss, potential_loss
 __all__ = [
     "backward_map_loss",
     "costs",
+    "denoising",
     "displacement",
+    "epsilon_loss",
     "forward_map_loss",
     "hjb_penalty",
     "hjb_residual",

@@ -2,9 +2,10 @@
 
 - ``jot.ot.exact``: exact assignment, ``W2^2`` and the L2-to-OT metric (host, float64).
 - ``jot.ot.sinkhorn``: ott-jax Sinkhorn couplings, entropic maps (jit-able).
+- ``jot.ot.semidiscrete``: semi-discrete OT onto a finite target sample.
 """
-from jot.ot import exact, sinkhorn
+from jot.ot import exact, semidiscrete, sinkhorn
 from jot.ot.exact import assignment, l2_to_ot, w2_squared
 from jot.ot.sinkhorn import coupling, entropic_map
 
-__all__ = ["assignment", "coupling", "entropic_map", "exact", "l2_to_ot", "sinkhorn", "w2_squared"]
+__all__ = ["assignment", "coupling", "entropic_map", "exact", "l2_to_ot", "semidiscrete", "sinkhorn", "w2_squared"]

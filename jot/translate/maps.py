@@ -17,7 +17,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 from ott.geometry import pointcloud
 from ott.solvers import linear
 
