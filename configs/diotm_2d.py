@@ -13,4 +13,8 @@ from configs import common_2d
 
 def get_config(preset: str | None = None):
     c = common_2d.base("diotm")
-    return common_2d.apply_preset(c, preset)
+    c = common_2d.apply_preset(c, preset)
+    if preset == "moon_spiral":
+        # Held-out W2 at 8k iterations: 0.45 with a constant rate, 0.79 with cosine decay.
+        c.train.lr_schedule = "constant"
+    return c

@@ -5,7 +5,12 @@
 
 Presets: default (32x32, ADM-small UNet; a GPU run), ``cpu16`` (16x16 images, the UNet the
 CPU benchmark ``benchmarks/translate_digits.py`` trains in a few minutes), ``test`` (tiny).
-The trained workdir is what ``configs/translate_digits.py`` reads.
+The trained workdir is what ``configs/translate_digits.py`` reads: translate with
+
+    python -m launch.main --config=configs/translate_digits.py:cpu16 --workdir=runs/translate16 \
+        --mode=translate --config.translate.model_workdir=runs/dsm_digits16
+
+(same preset as training; ``--config.translate.method=ddib|sdedit|otald``, ``--config.translate.nfe=N``).
 """
 import ml_collections
 

@@ -45,6 +45,7 @@ def fit(
     end_step: float,
     method: str = "entropic",
     epsilon: float = 0.01,
+    shrinkage: float = 0.1,
     rng: jax.Array | None = None,
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Steps 1-2: inverts both training sets (``nfe // 2`` calls per image, as at translation
@@ -52,7 +53,7 @@ def fit(
     n_inv, _ = ddib.split_nfe(nfe)
     z_a = invert(x_source, eps_fn=eps_source, schedule=schedule, nfe=n_inv, end_step=end_step)
     z_b = invert(x_target, eps_fn=eps_target, schedule=schedule, nfe=n_inv, end_step=end_step)
-    return maps.fit(z_a, z_b, method=method, epsilon=epsilon, rng=rng), z_a, z_b
+    return maps.fit(z_a, z_b, method=method, epsilon=epsilon, shrinkage=shrinkage, rng=rng), z_a, z_b
 
 
 @partial(jax.jit, static_argnames=("nfe", "clip"))

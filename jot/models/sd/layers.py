@@ -11,6 +11,8 @@ by Flax whatever the compute dtype.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -77,6 +79,58 @@ def linear(
     return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+# Default score budget of the chunked attention on CPU (see ``multi_head_attention``):
+# the largest [query rows, keys] block of scores per batch element and head computed at
+# once. 2**20 scores (4 MiB in float32) keeps SD's 64x64-latent self-attention
+# (4096 x 4096) in blocks of 256 query rows that stay in cache, instead of a
+# [batch, heads, 4096, 4096] array of several GiB; 32x32 (1024 x 1024) and all
+# cross-attention (77 keys) stay on the one-shot path.
+DEFAULT_ATTENTION_CHUNK = 1 << 20
+
+AttentionChunk = int | Literal["auto"] | None
+
+
+def _resolve_chunk(chunk: AttentionChunk) -> int | None:
+    if chunk == "auto":
+        # On GPU/TPU the one-shot jax.nn.dot_product_attention is the fast path
+        # (and the one a fused kernel can replace); chunking is for host memory.
+        return DEFAULT_ATTENTION_CHUNK if jax.default_backend() == "cpu" else None
+    if chunk is None:
+        return None
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"attention_chunk must be a positive int, 'auto' or None, got {chunk!r}.")
+    return chunk
+
+
+def _attention_blocks(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, rows: int
+) -> jax.Array:
+    """``jax.nn.dot_product_attention`` over blocks of ``rows`` queries, one block at a time.
+
+    Each query row's softmax runs over all keys at once, exactly as in the one-shot
+    call (same ops per block), so the result is the same; only the peak size of the
+    score array changes, ``[N, heads, rows, Lk]`` instead of ``[N, heads, Lq, Lk]``.
+    """
+    n, lq, heads, head_dim = q.shape
+    lk = k.shape[1]
+    blocks = -(-lq // rows)
+    rows = -(-lq // blocks)  # same number of blocks, least padding
+    pad = blocks * rows - lq
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
+    qb = jnp.moveaxis(q.reshape(n, blocks, rows, heads, head_dim), 1, 0)  # [blocks, N, rows, H, D]
+    if mask is not None and mask.shape[-2] != 1:
+        mask = jnp.asarray(mask, bool)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + (lq, lk))
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True) if pad else mask
+        mb = jnp.moveaxis(mask.reshape(mask.shape[:2] + (blocks, rows, lk)), 2, 0)  # [blocks, ., ., rows, Lk]
+        out = jax.lax.map(lambda qm: jax.nn.dot_product_attention(qm[0], k, v, mask=qm[1]), (qb, mb))
+    else:
+        out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, mask=mask), qb)
+    out = jnp.moveaxis(out, 0, 1).reshape(n, blocks * rows, heads, head_dim)
+    return out[:, :lq] if pad else out
+
+
 def multi_head_attention(
     q: jax.Array,
     k: jax.Array,
@@ -85,6 +139,7 @@ def multi_head_attention(
     heads: int,
     upcast: bool = False,
     mask: jax.Array | None = None,
+    chunk: AttentionChunk = None,
 ) -> jax.Array:
     """Scaled dot-product attention of ``[N, L, heads * d]`` projections.
 
@@ -92,6 +147,12 @@ def multi_head_attention(
     the scores, softmax and weighted sum run in float32 and the result is cast
     back to the input dtype (diffusers' ``upcast_attention`` / ``upcast_softmax``).
     ``mask`` is a boolean array broadcastable to ``[N, heads, Lq, Lk]``, True = attend.
+
+    ``chunk`` bounds memory for long sequences: when ``Lq * Lk`` exceeds it, the
+    queries are processed in blocks of about ``chunk // Lk`` rows (``jax.lax.map``,
+    all keys per block, so each row's softmax is exact and the result equals the
+    one-shot computation up to float rounding). None never chunks; "auto" uses
+    :data:`DEFAULT_ATTENTION_CHUNK` on CPU and never chunks on other backends.
     """
     n, lq, width = q.shape
     lk = k.shape[1]
@@ -102,7 +163,11 @@ def multi_head_attention(
     v = v.reshape(n, lk, heads, head_dim)
     if upcast:
         q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    budget = _resolve_chunk(chunk)
+    if budget is not None and lq * lk > budget and lq > 1:
+        out = _attention_blocks(q, k, v, mask, max(1, budget // lk))
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return out.reshape(n, lq, width).astype(out_dtype)
 
 
@@ -110,6 +175,8 @@ class Attention(nnx.Module):
     """diffusers ``Attention``: ``to_q``/``to_k``/``to_v`` projections, attention, ``to_out``.
 
     Self-attention when ``context`` is None in the call, cross-attention otherwise.
+    ``attention_chunk`` is the ``chunk`` of :func:`multi_head_attention` (score
+    budget per batch element and head above which queries go in blocks).
     """
 
     def __init__(
@@ -121,15 +188,18 @@ class Attention(nnx.Module):
         context_dim: int | None = None,
         qkv_bias: bool = False,
         upcast: bool = False,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DType,
         param_dtype: DType,
         rngs: nnx.Rngs,
     ) -> None:
+        _resolve_chunk(attention_chunk)  # validate early
         inner = heads * head_dim
         kv_dim = query_dim if context_dim is None else context_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
         self.upcast = upcast
+        self.attention_chunk = attention_chunk
         self.to_q = linear(query_dim, inner, use_bias=qkv_bias, **kw)
         self.to_k = linear(kv_dim, inner, use_bias=qkv_bias, **kw)
         self.to_v = linear(kv_dim, inner, use_bias=qkv_bias, **kw)
@@ -139,7 +209,12 @@ class Attention(nnx.Module):
         """``x``: [N, L, query_dim]; ``context``: [N, S, context_dim] or None."""
         context = x if context is None else context
         out = multi_head_attention(
-            self.to_q(x), self.to_k(context), self.to_v(context), heads=self.heads, upcast=self.upcast
+            self.to_q(x),
+            self.to_k(context),
+            self.to_v(context),
+            heads=self.heads,
+            upcast=self.upcast,
+            chunk=self.attention_chunk,
         )
         return self.to_out(out)
 

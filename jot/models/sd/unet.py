@@ -24,6 +24,7 @@ from jax.typing import DTypeLike
 
 from jot.models.sd.layers import (
     Attention,
+    AttentionChunk,
     Downsample2D,
     ResnetBlock2D,
     Upsample2D,
@@ -233,6 +234,7 @@ class BasicTransformerBlock(nnx.Module):
         heads: int,
         context_dim: int,
         upcast: bool,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -240,9 +242,10 @@ class BasicTransformerBlock(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         ln = dict(epsilon=1e-5, use_fast_variance=False, **kw)
         self.norm1 = nnx.LayerNorm(dim, **ln)
-        self.attn1 = Attention(dim, heads=heads, head_dim=dim // heads, upcast=upcast, **kw)
+        att = dict(heads=heads, head_dim=dim // heads, upcast=upcast, attention_chunk=attention_chunk, **kw)
+        self.attn1 = Attention(dim, **att)
         self.norm2 = nnx.LayerNorm(dim, **ln)
-        self.attn2 = Attention(dim, heads=heads, head_dim=dim // heads, context_dim=context_dim, upcast=upcast, **kw)
+        self.attn2 = Attention(dim, context_dim=context_dim, **att)
         self.norm3 = nnx.LayerNorm(dim, **ln)
         self.ff = FeedForward(dim, **kw)
 
@@ -265,6 +268,7 @@ class Transformer2DModel(nnx.Module):
         groups: int,
         use_linear_projection: bool,
         upcast: bool,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -278,7 +282,9 @@ class Transformer2DModel(nnx.Module):
             self.proj_in = conv(channels, channels, 1, **kw)
             self.proj_out = conv(channels, channels, 1, **kw)
         self.transformer_blocks = nnx.List(
-            BasicTransformerBlock(channels, heads=heads, context_dim=context_dim, upcast=upcast, **kw)
+            BasicTransformerBlock(
+                channels, heads=heads, context_dim=context_dim, upcast=upcast, attention_chunk=attention_chunk, **kw
+            )
             for _ in range(num_layers)
         )
 
@@ -307,6 +313,7 @@ class DownBlock(nnx.Module):
         index: int,
         temb_channels: int,
         add_downsample: bool,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -325,7 +332,7 @@ class DownBlock(nnx.Module):
             for i in range(layers)
         )
         self.attentions = (
-            nnx.List(_transformer(out_channels, cfg, index, **kw) for _ in range(layers))
+            nnx.List(_transformer(out_channels, cfg, index, attention_chunk, **kw) for _ in range(layers))
             if cfg.down_block_types[index] == _CROSS_DOWN
             else None
         )
@@ -357,6 +364,7 @@ class UpBlock(nnx.Module):
         index: int,
         temb_channels: int,
         add_upsample: bool,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -375,7 +383,7 @@ class UpBlock(nnx.Module):
         )
         block_index = len(cfg.block_out_channels) - 1 - index
         self.attentions = (
-            nnx.List(_transformer(out_channels, cfg, block_index, **kw) for _ in skip_channels)
+            nnx.List(_transformer(out_channels, cfg, block_index, attention_chunk, **kw) for _ in skip_channels)
             if cfg.up_block_types[index] == _CROSS_UP
             else None
         )
@@ -400,6 +408,7 @@ class MidBlock(nnx.Module):
         *,
         cfg: UNetConfig,
         temb_channels: int,
+        attention_chunk: AttentionChunk = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -417,7 +426,8 @@ class MidBlock(nnx.Module):
             )
             for _ in range(2)
         )
-        self.attentions = nnx.List([_transformer(channels, cfg, len(cfg.block_out_channels) - 1, **kw)])
+        last = len(cfg.block_out_channels) - 1
+        self.attentions = nnx.List([_transformer(channels, cfg, last, attention_chunk, **kw)])
 
     def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> jax.Array:
         x = self.resnets[0](x, temb)
@@ -425,7 +435,9 @@ class MidBlock(nnx.Module):
         return self.resnets[1](x, temb)
 
 
-def _transformer(channels: int, cfg: UNetConfig, block: int, **kw: Any) -> Transformer2DModel:
+def _transformer(
+    channels: int, cfg: UNetConfig, block: int, attention_chunk: AttentionChunk, **kw: Any
+) -> Transformer2DModel:
     return Transformer2DModel(
         channels,
         heads=cfg.heads[block],
@@ -434,6 +446,7 @@ def _transformer(channels: int, cfg: UNetConfig, block: int, **kw: Any) -> Trans
         groups=cfg.norm_num_groups,
         use_linear_projection=cfg.use_linear_projection,
         upcast=cfg.upcast_attention,
+        attention_chunk=attention_chunk,
         **kw,
     )
 
@@ -453,6 +466,11 @@ class UNet2DConditionModel(nnx.Module):
       param_dtype: dtype the parameters are stored in.
       remat: rematerialise each down/mid/up block in the backward pass
         (``nnx.remat``), trading compute for activation memory when training.
+      attention_chunk: memory bound of the self-attention over long sequences, the
+        ``chunk`` of :func:`jot.models.sd.layers.multi_head_attention`: when
+        ``queries * keys`` exceeds it, queries go in blocks of ``chunk // keys``
+        rows (exact softmax per row, same result). "auto" (default): 2**20 on CPU
+        (blocks of 256 rows for 64x64 latents), one shot on GPU/TPU; None: never chunk.
       rngs: initialisation randomness (use ``nnx.eval_shape`` to build without
         allocating, as :func:`jot.models.sd.convert.load_module` does).
     """
@@ -464,6 +482,7 @@ class UNet2DConditionModel(nnx.Module):
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         remat: bool = False,
+        attention_chunk: AttentionChunk = "auto",
         rngs: nnx.Rngs,
     ) -> None:
         cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_diffusers(config)
@@ -471,6 +490,7 @@ class UNet2DConditionModel(nnx.Module):
         self.dtype = dtype
         self.remat = remat
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        blocks_kw = dict(attention_chunk=attention_chunk, **kw)
         channels = cfg.block_out_channels
         n = len(channels)
         temb_dim = 4 * channels[0]
@@ -483,11 +503,13 @@ class UNet2DConditionModel(nnx.Module):
             in_ch = channels[0] if i == 0 else channels[i - 1]
             add_down = i < n - 1
             self.down_blocks.append(
-                DownBlock(in_ch, channels[i], cfg=cfg, index=i, temb_channels=temb_dim, add_downsample=add_down, **kw)
+                DownBlock(
+                    in_ch, channels[i], cfg=cfg, index=i, temb_channels=temb_dim, add_downsample=add_down, **blocks_kw
+                )
             )
             skip_channels += [channels[i]] * cfg.layers_per_block[i] + ([channels[i]] if add_down else [])
 
-        self.mid_block = MidBlock(channels[-1], cfg=cfg, temb_channels=temb_dim, **kw)
+        self.mid_block = MidBlock(channels[-1], cfg=cfg, temb_channels=temb_dim, **blocks_kw)
 
         self.up_blocks = nnx.List()
         reversed_channels = channels[::-1]
@@ -504,7 +526,7 @@ class UNet2DConditionModel(nnx.Module):
                     index=i,
                     temb_channels=temb_dim,
                     add_upsample=i < n - 1,
-                    **kw,
+                    **blocks_kw,
                 )
             )
             prev = reversed_channels[i]

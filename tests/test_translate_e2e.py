@@ -1,0 +1,97 @@
+"""End to end, as a user runs it: train ``dsm`` (tiny ``test`` preset), then ``--mode=translate``.
+
+Trains through ``launch.main.run(config, workdir, "train")``, translates in-process with DDIB and
+through the CLI (``python -m launch.main ... --mode=translate``) with OT-ALD, each pointing
+``translate.model_workdir`` at the training run, and checks what lands in the workdir.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import dsm_digits, translate_digits
+from jot.data import digits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16  # the test preset's image size
+
+
+def _check_outputs(workdir, method, num_images, nfe, source):
+    files = {ext: os.path.join(workdir, f"translate_{method}.{ext}") for ext in ("npz", "png", "json")}
+    assert all(os.path.exists(p) for p in files.values()), sorted(os.listdir(workdir))
+
+    with np.load(files["npz"]) as z:
+        assert set(z.files) == {"x", "translated", "y", "label"}
+        x, out = z["x"], z["translated"]
+        assert x.shape == out.shape == (num_images, SIZE, SIZE, 1)  # one output per input
+        np.testing.assert_array_equal(x, source[:num_images])
+        assert out.dtype == np.float32 and np.all(np.isfinite(out))
+        # x0_hat is clipped to [-1, 1] while sampling, and the last DDIM step returns x0_hat.
+        assert out.min() >= -1.0 - 1e-5 and out.max() <= 1.0 + 1e-5, (out.min(), out.max())
+        assert not np.allclose(out, x)  # it did something
+        assert z["y"].shape == x.shape and z["label"].shape == (num_images,)
+
+    png = Image.open(io.BytesIO(open(files["png"], "rb").read()))
+    png.load()
+    shown = min(num_images, 16)
+    assert png.format == "PNG" and png.mode == "L"
+    assert png.size == (shown * SIZE, 2 * SIZE)  # (width, height): sources above translations
+    pixels = np.asarray(png, dtype=np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(pixels[:SIZE], np.concatenate(list(x[:shown, ..., 0]), axis=1), atol=1 / 127.5 + 1e-6)
+
+    metrics = json.load(open(files["json"]))
+    keys = {"method", "nfe", "num_images", "seconds_per_image", "frechet", "psnr"}
+    if method == "otald":
+        keys |= {"w2sq_before", "w2sq_after", "fit_seconds"}
+    assert set(metrics) == keys, sorted(metrics)
+    assert metrics["method"] == method and metrics["nfe"] == nfe and metrics["num_images"] == num_images
+    assert all(np.isfinite(metrics[k]) for k in keys - {"method"})
+    assert metrics["seconds_per_image"] > 0 and metrics["frechet"] >= 0 and 0 < metrics["psnr"] < 60
+    # PSNR in the JSON is that of the saved images against the saved true twins.
+    mse = np.mean((out - z_y(files["npz"])) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics["psnr"], np.mean(10 * np.log10(4.0 / mse)), rtol=1e-4)
+    return metrics
+
+
+def z_y(path):
+    with np.load(path) as z:
+        return z["y"]
+
+
+@pytest.mark.slow
+def test_train_dsm_then_translate_from_launcher_and_cli(tmp_path):
+    from launch import main
+
+    model_dir, ddib_dir, cli_dir = (str(tmp_path / d) for d in ("dsm", "ddib", "otald"))
+    train_config = dsm_digits.get_config("test")
+    main.run(train_config, model_dir, "train")
+    ckpt = os.path.join(model_dir, "checkpoints")
+    assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())[-1] == train_config.train.steps
+
+    source = digits.split(SIZE).test_x
+
+    # 1) In-process through the launcher's run(), DDIB with the preset's NFE.
+    config = translate_digits.get_config("test")
+    config.translate.method = "ddib"
+    config.translate.model_workdir = model_dir
+    metrics = main.run(config, ddib_dir, "translate")
+    assert metrics["nfe"] == config.translate.nfe == 4
+    assert not os.path.exists(os.path.join(ddib_dir, "checkpoints"))  # it read the model, trained nothing
+    on_disk = _check_outputs(ddib_dir, "ddib", config.translate.num_images, 4, source)
+    assert on_disk == pytest.approx(metrics)
+
+    # 2) The CLI, OT-ALD (the config's default method) with an overridden NFE.
+    cmd = [sys.executable, "-m", "launch.main", "--config=configs/translate_digits.py:test",
+           f"--workdir={cli_dir}", "--mode=translate", f"--config.translate.model_workdir={model_dir}",
+           "--config.translate.nfe=6"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = _check_outputs(cli_dir, "otald", 8, 6, source)
+    assert "psnr" in proc.stdout and "frechet" in proc.stdout  # the printed metrics table
+    # The latent map brings the fitted source latents closer to the target latents.
+    assert metrics["w2sq_after"] < metrics["w2sq_before"], metrics
