@@ -65,8 +65,11 @@ def main():
     p.add_argument("--preset", default="cpu16")
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
     p.add_argument("--nfes", default="4,8,16,50")
-    p.add_argument("--num_fit", type=int, default=512, help="training images per domain for the OT-ALD map")
-    p.add_argument("--ot_epsilon", type=float, default=0.01)
+    p.add_argument("--num_fit", type=int, default=0, help="training images per domain for the OT-ALD map (0 = all)")
+    p.add_argument("--ot_map", default="gaussian", choices=["gaussian", "entropic", "semidiscrete"],
+                   help="OT-ALD latent map (jot.translate.maps)")
+    p.add_argument("--ot_epsilon", type=float, default=0.01, help="entropic / semidiscrete regularisation")
+    p.add_argument("--ot_shrinkage", type=float, default=0.05, help="gaussian map: covariance shrinkage")
     p.add_argument("--early_end", type=float, default=0.5, help="early end step as a fraction of S-1")
     p.add_argument("--sdedit_start", type=float, default=0.5, help="SDEdit s0 as a fraction of S-1")
     p.add_argument("--out", default="benchmarks/results/translate_digits.json")
@@ -79,7 +82,8 @@ def main():
     shape = sp.test_x.shape[1:]
     eps_a, eps_b = (dsm.eps_model(config, state, shape, label=i) for i in (0, 1))
     x_test = jnp.asarray(sp.test_x)
-    fit_x, fit_y = jnp.asarray(sp.source_train[: args.num_fit]), jnp.asarray(sp.target_train[: args.num_fit])
+    n_fit = args.num_fit or None
+    fit_x, fit_y = jnp.asarray(sp.source_train[:n_fit]), jnp.asarray(sp.target_train[:n_fit])
 
     clf = LogisticRegression(max_iter=2000).fit(sp.target_train.reshape(len(sp.target_train), -1), sp.target_labels)
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
@@ -104,7 +108,8 @@ def main():
                 x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b, end_step=end, clip=1.0)
             t0 = time.perf_counter()
             m, z_a, z_b = otald.fit(fit_x, fit_y, eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
-                                    end_step=end, epsilon=args.ot_epsilon)
+                                    end_step=end, method=args.ot_map, epsilon=args.ot_epsilon,
+                                    shrinkage=args.ot_shrinkage)
             fit_seconds = time.perf_counter() - t0
             z_test = otald.invert(x_test, eps_fn=eps_a, schedule=sched, nfe=nfe // 2, end_step=end)
             w2 = {
@@ -129,7 +134,8 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nS = {sched.num_steps}, early end step = {early}, SDEdit s0 = {args.sdedit_start * top:.0f}; "
-          f"{len(sp.test_x)} test images; W2^2 per pixel on latents")
+          f"{len(sp.test_x)} test images; W2^2 per pixel on latents; OT-ALD map {args.ot_map} "
+          f"(shrinkage {args.ot_shrinkage}, epsilon {args.ot_epsilon}) fit on {len(fit_x)} images per domain")
     print(f"{'method':<14}{'NFE':>4}{'PSNR':>8}{'acc':>7}{'FD':>9}{'ms/img':>8}{'W2 before':>11}{'W2 after':>10}")
     for r in rows:
         w2 = f"{r['w2sq_test_before']:>11.4f}{r['w2sq_test_after']:>10.4f}" if "w2sq_test_before" in r else ""

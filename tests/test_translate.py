@@ -157,3 +157,34 @@ def test_translate_run_without_a_trained_model_is_a_clear_error(tmp_path):
     config.translate.method = "cyclegan"
     with pytest.raises(ValueError, match=r"translate.method='cyclegan'; expected one of \['sdedit', 'ddib', 'otald'\]"):
         translate.run(config, str(tmp_path))
+
+
+def test_gaussian_map_is_the_closed_form_bures_map():
+    from jot.translate import maps
+
+    # Anisotropic, correlated Gaussians: A = S1^{-1/2} (S1^{1/2} S2 S1^{1/2})^{1/2} S1^{-1/2} is the
+    # unique symmetric PD matrix with A S1 A = S2, so the pushforward covariance must be S2.
+    rng = np.random.default_rng(0)
+    c1 = np.array([[1.0, 0.6], [0.6, 0.5]])
+    c2 = np.array([[2.0, -0.8], [-0.8, 1.0]])
+    x = rng.multivariate_normal([1.0, -1.0], c1, 20000).astype(np.float32)
+    y = rng.multivariate_normal([-2.0, 3.0], c2, 20000).astype(np.float32)
+    m = maps.fit(jnp.asarray(x), jnp.asarray(y), method="gaussian", shrinkage=0.0)
+    a = np.asarray(m.a)
+    np.testing.assert_allclose(a, a.T, atol=1e-6)
+    assert np.all(np.linalg.eigvalsh(a) > 0)
+    pushed = np.asarray(m(jnp.asarray(x)))
+    np.testing.assert_allclose(pushed.mean(0), y.mean(0), atol=1e-3)
+    np.testing.assert_allclose(np.cov(pushed, rowvar=False), np.cov(y, rowvar=False), atol=1e-3)
+    # Isotropic case: the map is m2 + (s2 / s1) (x - m1) (the closed form of analytic.gaussian_ot_map).
+    xi = np.asarray(M1) + S1 * rng.standard_normal((20000, 2))
+    yi = np.asarray(M2) + S2 * rng.standard_normal((20000, 2))
+    mi = maps.fit(jnp.asarray(xi), jnp.asarray(yi), method="gaussian", shrinkage=0.0)
+    probe = jnp.asarray([[1.0, -1.0], [2.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(mi(probe)), np.asarray(M2) + (S2 / S1) * (probe - M1), atol=0.05)
+    # Shrinkage keeps the map finite when there are fewer samples than dimensions.
+    few = maps.fit(jnp.asarray(rng.standard_normal((8, 32))), jnp.asarray(rng.standard_normal((8, 32))),
+                   method="gaussian", shrinkage=0.05)
+    assert np.all(np.isfinite(np.asarray(few.a))) and float(jnp.abs(few.a).max()) < 50
+    with pytest.raises(ValueError, match=r"shrinkage=1.5 must lie in \[0, 1\]"):
+        maps.fit(jnp.asarray(x), jnp.asarray(y), method="gaussian", shrinkage=1.5)
