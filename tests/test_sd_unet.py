@@ -227,3 +227,26 @@ def test_unet_config_rejects_sdxl_options():
         UNet2DConditionModel({**SD1, "addition_embed_type": "text_time"}, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"64 channels cannot be split into attention_head_dim=5 heads"):
         UNet2DConditionModel({**SD1, "attention_head_dim": (4, 5)}, rngs=nnx.Rngs(0))
+
+
+def test_unet_chunked_attention_equals_unchunked(tiny):
+    """A tiny score budget forces every attention onto the blocked path; same numbers as one-shot."""
+    tensors = read_weights(tiny["folder"], "diffusion_pytorch_model")
+    x, t, ctx = tiny["x"], tiny["t"], tiny["ctx"]
+    outs = {}
+    for chunk in (None, 7):  # 7 scores: one query row per block (8x8 latents: 64 x 64 and 64 x 7 scores)
+        model = load_module(
+            lambda chunk=chunk: UNet2DConditionModel(tiny["cfg"], attention_chunk=chunk, rngs=nnx.Rngs(0)),
+            tensors,
+            source="t",
+        )
+        fn, state = _jit_apply(model)
+        jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(nnx.graphdef(model), s)(x, t, ctx))(state))
+        assert ("scan" in jaxpr) == (chunk is not None)  # the blocked path really ran (lax.map -> scan)
+        outs[chunk] = np.asarray(fn(state, x, t, ctx))
+    scale = float(np.abs(outs[None]).max())
+    err = float(np.abs(outs[7] - outs[None]).max())
+    print(f"chunked vs one-shot attention: max abs diff {err:.2e}, output scale {scale:.3f}")
+    assert scale > 0.1
+    assert err <= 1e-5 * max(1.0, scale)
+    np.testing.assert_allclose(outs[None], tiny["out"], rtol=0, atol=1e-6)  # None is the old one-shot path

@@ -37,6 +37,7 @@ from jot.models.sd.convert import (
     read_safetensors,
     read_weights,
 )
+from jot.models.sd.layers import AttentionChunk
 from jot.models.sd.sharding import param_shardings, shard_params
 from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
@@ -141,6 +142,7 @@ def load(
     variant: str | None = None,
     mesh: Mesh | None = None,
     remat: bool = False,
+    attention_chunk: AttentionChunk = "auto",
 ) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion 1.x/2.x folder.
 
@@ -152,6 +154,11 @@ def load(
       variant: weights variant, e.g. "fp16" reads ``diffusion_pytorch_model.fp16.safetensors``.
       mesh: if given, parameters are placed sharded over its ``fsdp`` axis as they load.
       remat: rematerialise UNet blocks in the backward pass (for fine-tuning).
+      attention_chunk: attention over long sequences (UNet and VAE) in query blocks, one
+        batch element and head at a time: "auto" (default) on CPU when
+        ``queries * keys`` exceeds 2**19 (SD's 64x64-latent self-attention), never on
+        GPU/TPU; an int sets that score budget on any backend; None never chunks.
+        Same results up to float rounding, less memory and (on CPU) faster.
     Raises:
       FileNotFoundError naming the missing file or folder and what belongs there;
       ValueError for pickled-only, corrupt or mismatched weights.
@@ -166,8 +173,10 @@ def load(
         "text_encoder": CLIPTextConfig.from_transformers,
     }
     builders = {
-        "unet": lambda c: UNet2DConditionModel(c, remat=remat, rngs=nnx.Rngs(0), **kw),
-        "vae": lambda c: AutoencoderKL(c, rngs=nnx.Rngs(0), **kw),
+        "unet": lambda c: UNet2DConditionModel(
+            c, remat=remat, attention_chunk=attention_chunk, rngs=nnx.Rngs(0), **kw
+        ),
+        "vae": lambda c: AutoencoderKL(c, attention_chunk=attention_chunk, rngs=nnx.Rngs(0), **kw),
         "text_encoder": lambda c: CLIPTextModel(c, rngs=nnx.Rngs(0), **kw),
     }
     # Check every folder, config and file first, so a broken download fails before minutes of loading.

@@ -79,21 +79,25 @@ def linear(
     return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-# Default score budget of the chunked attention on CPU (see ``multi_head_attention``):
+# Default score budget of the blocked attention on CPU (see ``multi_head_attention``):
 # the largest [query rows, keys] block of scores per batch element and head computed at
-# once. 2**20 scores (4 MiB in float32) keeps SD's 64x64-latent self-attention
-# (4096 x 4096) in blocks of 256 query rows that stay in cache, instead of a
-# [batch, heads, 4096, 4096] array of several GiB; 32x32 (1024 x 1024) and all
-# cross-attention (77 keys) stay on the one-shot path.
-DEFAULT_ATTENTION_CHUNK = 1 << 20
+# once, 2**19 scores (2 MiB in float32, about one core's L2). SD's 64x64-latent
+# self-attention (4096 x 4096) then runs in blocks of 128 query rows per head instead of
+# materialising [batch, 8, 4096, 4096] scores (512 MiB per batch element in float32, and
+# the softmax keeps several such arrays live), and 1024 x 1024 (32x32 latents, or the
+# second level at 64x64) in two blocks per head; cross-attention over 77 text tokens and
+# the smaller levels stay on one-shot jax.nn.dot_product_attention.
+DEFAULT_ATTENTION_CHUNK = 1 << 19
 
 AttentionChunk = int | Literal["auto"] | None
 
 
 def _resolve_chunk(chunk: AttentionChunk) -> int | None:
-    if chunk == "auto":
-        # On GPU/TPU the one-shot jax.nn.dot_product_attention is the fast path
-        # (and the one a fused kernel can replace); chunking is for host memory.
+    if isinstance(chunk, str):
+        if chunk != "auto":
+            raise ValueError(f"attention_chunk must be a positive int, 'auto' or None, got {chunk!r}.")
+        # On GPU/TPU the one-shot jax.nn.dot_product_attention is the fast path (and the one
+        # a fused kernel can replace); the blocked path is for host caches and host memory.
         return DEFAULT_ATTENTION_CHUNK if jax.default_backend() == "cpu" else None
     if chunk is None:
         return None
@@ -102,33 +106,63 @@ def _resolve_chunk(chunk: AttentionChunk) -> int | None:
     return chunk
 
 
-def _attention_blocks(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, rows: int
-) -> jax.Array:
-    """``jax.nn.dot_product_attention`` over blocks of ``rows`` queries, one block at a time.
+def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, rows: int) -> jax.Array:
+    """``jax.nn.dot_product_attention`` one batch element and head at a time, ``rows`` queries at a time.
 
-    Each query row's softmax runs over all keys at once, exactly as in the one-shot
-    call (same ops per block), so the result is the same; only the peak size of the
-    score array changes, ``[N, heads, rows, Lk]`` instead of ``[N, heads, Lq, Lk]``.
+    ``q`` [N, Lq, H, D], ``k``/``v`` [N, Lk, H, D]. Each query row's softmax runs over
+    all keys at once with the same ops as the one-shot XLA implementation (float32
+    logits and softmax, probabilities cast to the value dtype), so the result is the
+    same up to float rounding; only the live score array shrinks from ``[N, H, Lq, Lk]``
+    to ``[rows, Lk]``, which on CPU stays in cache (and is several times faster).
     """
     n, lq, heads, head_dim = q.shape
     lk = k.shape[1]
     blocks = -(-lq // rows)
     rows = -(-lq // blocks)  # same number of blocks, least padding
     pad = blocks * rows - lq
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
-    qb = jnp.moveaxis(q.reshape(n, blocks, rows, heads, head_dim), 1, 0)  # [blocks, N, rows, H, D]
-    if mask is not None and mask.shape[-2] != 1:
+    scale = head_dim**-0.5
+    logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+    precision = {
+        jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+        jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32,
+    }.get(jnp.dtype(q.dtype))
+
+    def per_head(x: jax.Array) -> jax.Array:  # [N, L, H, D] -> [N * H, L, D]
+        return jnp.moveaxis(x, 2, 1).reshape(n * heads, x.shape[1], head_dim)
+
+    q, k, v = per_head(q), per_head(k), per_head(v)
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0))) if pad else q
+    qb = q.reshape(n * heads, blocks, rows, head_dim)
+    if mask is not None:
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-        mask = jnp.broadcast_to(mask, mask.shape[:2] + (lq, lk))
-        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True) if pad else mask
-        mb = jnp.moveaxis(mask.reshape(mask.shape[:2] + (blocks, rows, lk)), 2, 0)  # [blocks, ., ., rows, Lk]
-        out = jax.lax.map(lambda qm: jax.nn.dot_product_attention(qm[0], k, v, mask=qm[1]), (qb, mb))
-    else:
-        out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, mask=mask), qb)
-    out = jnp.moveaxis(out, 0, 1).reshape(n, blocks * rows, heads, head_dim)
-    return out[:, :lq] if pad else out
+        if mask.shape[2] != 1:
+            mask = jnp.broadcast_to(mask, mask.shape[:2] + (lq, lk))
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True) if pad else mask
+        mask_rows = mask.shape[2] != 1
+        mask = mask.reshape(mask.shape[:2] + ((blocks, rows) if mask_rows else (1, 1)) + mask.shape[3:])
+    large_negative = jnp.asarray(-0.7 * jnp.finfo(jnp.float32).max, logits_dtype)
+
+    def block(qi: jax.Array, ki: jax.Array, vi: jax.Array, mi: jax.Array | None) -> jax.Array:
+        logits = jnp.einsum("qd,kd->qk", qi, ki, precision=precision, preferred_element_type=logits_dtype)
+        logits = logits * jnp.asarray(scale, logits_dtype)
+        if mi is not None:
+            logits = jnp.where(mi, logits, large_negative)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(vi.dtype)
+        return jnp.einsum("qk,kd->qd", probs, vi)
+
+    def head(args: tuple[jax.Array, ...]) -> jax.Array:
+        index, qh, kh, vh = args
+        if mask is None:
+            return jax.lax.map(lambda qi: block(qi, kh, vh, None), qh)
+        mh = mask[index // heads if mask.shape[0] > 1 else 0, index % heads if mask.shape[1] > 1 else 0]
+        if mask.shape[2] == 1:  # the same mask rows for every block
+            return jax.lax.map(lambda qi: block(qi, kh, vh, mh[0]), qh)
+        return jax.lax.map(lambda qm: block(qm[0], kh, vh, qm[1]), (qh, mh))
+
+    out = jax.lax.map(head, (jnp.arange(n * heads), qb, k, v))  # [N * H, blocks, rows, D]
+    out = out.reshape(n * heads, blocks * rows, head_dim)[:, :lq]
+    return jnp.moveaxis(out.reshape(n, heads, lq, head_dim), 1, 2)
 
 
 def multi_head_attention(
@@ -148,11 +182,12 @@ def multi_head_attention(
     back to the input dtype (diffusers' ``upcast_attention`` / ``upcast_softmax``).
     ``mask`` is a boolean array broadcastable to ``[N, heads, Lq, Lk]``, True = attend.
 
-    ``chunk`` bounds memory for long sequences: when ``Lq * Lk`` exceeds it, the
-    queries are processed in blocks of about ``chunk // Lk`` rows (``jax.lax.map``,
-    all keys per block, so each row's softmax is exact and the result equals the
-    one-shot computation up to float rounding). None never chunks; "auto" uses
-    :data:`DEFAULT_ATTENTION_CHUNK` on CPU and never chunks on other backends.
+    ``chunk`` bounds memory for long sequences: when ``Lq * Lk`` exceeds it, attention
+    runs one batch element and head at a time over blocks of about ``chunk // Lk``
+    query rows (``jax.lax.map``; all keys per block, so each row's softmax is exact and
+    the result equals the one-shot computation up to float rounding). None never
+    chunks; "auto" uses :data:`DEFAULT_ATTENTION_CHUNK` on CPU and never chunks on
+    other backends.
     """
     n, lq, width = q.shape
     lk = k.shape[1]
@@ -164,8 +199,8 @@ def multi_head_attention(
     if upcast:
         q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
     budget = _resolve_chunk(chunk)
-    if budget is not None and lq * lk > budget and lq > 1:
-        out = _attention_blocks(q, k, v, mask, max(1, budget // lk))
+    if budget is not None and lq * lk > budget:
+        out = _blocked_attention(q, k, v, mask, max(1, budget // lk))
     else:
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return out.reshape(n, lq, width).astype(out_dtype)

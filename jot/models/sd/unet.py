@@ -466,11 +466,12 @@ class UNet2DConditionModel(nnx.Module):
       param_dtype: dtype the parameters are stored in.
       remat: rematerialise each down/mid/up block in the backward pass
         (``nnx.remat``), trading compute for activation memory when training.
-      attention_chunk: memory bound of the self-attention over long sequences, the
+      attention_chunk: score budget of the attention over long sequences, the
         ``chunk`` of :func:`jot.models.sd.layers.multi_head_attention`: when
-        ``queries * keys`` exceeds it, queries go in blocks of ``chunk // keys``
-        rows (exact softmax per row, same result). "auto" (default): 2**20 on CPU
-        (blocks of 256 rows for 64x64 latents), one shot on GPU/TPU; None: never chunk.
+        ``queries * keys`` exceeds it, attention runs per batch element and head in
+        blocks of ``chunk // keys`` query rows (exact softmax per row, same result up
+        to float rounding). "auto" (default): 2**19 on CPU (blocks of 128 rows for
+        64x64 latents, 512 for 32x32), one shot on GPU/TPU; None: never chunk.
       rngs: initialisation randomness (use ``nnx.eval_shape`` to build without
         allocating, as :func:`jot.models.sd.convert.load_module` does).
     """

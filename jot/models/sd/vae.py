@@ -25,7 +25,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jot.models.sd.layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from jot.models.sd.layers import (
+    Attention,
+    AttentionChunk,
+    Downsample2D,
+    ResnetBlock2D,
+    Upsample2D,
+    _resolve_chunk,
+    conv,
+    group_norm,
+)
 
 _EPS = 1e-6  # every norm in the diffusers VAE uses eps=1e-6
 
@@ -250,6 +259,10 @@ class AutoencoderKL(nnx.Module):
     Args:
       config: a :class:`VAEConfig` or a diffusers ``config.json`` dict.
       dtype: compute dtype; ``param_dtype``: storage dtype of the parameters.
+      attention_chunk: the mid-block attention's ``chunk`` (see
+        :func:`jot.models.sd.layers.multi_head_attention`): "auto" (default) runs
+        long pixel sequences (e.g. 4096 tokens for 512x512 images) in query blocks
+        on CPU, None never does, an int sets the score budget.
     """
 
     def __init__(
@@ -258,6 +271,7 @@ class AutoencoderKL(nnx.Module):
         *,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
+        attention_chunk: AttentionChunk = "auto",
         rngs: nnx.Rngs,
     ) -> None:
         cfg = config if isinstance(config, VAEConfig) else VAEConfig.from_diffusers(config)
@@ -271,6 +285,10 @@ class AutoencoderKL(nnx.Module):
         self.post_quant_conv = (
             conv(cfg.latent_channels, cfg.latent_channels, 1, **kw) if cfg.use_post_quant_conv else None
         )
+        _resolve_chunk(attention_chunk)  # validate
+        for _, module in self.iter_modules():
+            if isinstance(module, Attention):
+                module.attention_chunk = attention_chunk
 
     def _check(self, x: jax.Array, channels: int, what: str, factor: int) -> None:
         if x.ndim != 4 or x.shape[-1] != channels:
