@@ -76,7 +76,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with a clear message for misspelt ``--config.*`` overrides."""
     try:
         return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:
+    except (AttributeError, KeyError):
         config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
         if config_arg is not None:
             path, _, preset = config_arg.partition(":")

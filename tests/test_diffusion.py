@@ -1,5 +1,4 @@
 """Schedules, samplers and the denoising loss against closed forms and numpy."""
-import math
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,6 @@ import json
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx, struct

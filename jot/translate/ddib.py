@@ -25,9 +25,12 @@ def split_nfe(nfe: int) -> tuple[int, int]:
 
 
 @partial(jax.jit, static_argnames=("nfe", "clip"))
-def _translate(x, eps_source, eps_target, schedule, end_step, *, nfe, clip):
+def _translate(x, eps_source, eps_target, schedule, end_step, latent_map=None, *, nfe, clip):
+    """DDIB; ``latent_map`` (OT-ALD) is applied to the inverted latents before sampling."""
     n_inv, n_gen = split_nfe(nfe)
     z = samplers.ddim_invert(eps_source, x, schedule=schedule, nfe=n_inv, end=end_step)
+    if latent_map is not None:
+        z = latent_map(z)
     return samplers.ddim_sample(eps_target, z, schedule=schedule, nfe=n_gen, start=end_step, clip=clip)
 
 

@@ -12,7 +12,6 @@ is a softmax over the fitted target latents. ``latent_w2`` reports the mismatch 
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -56,13 +55,6 @@ def fit(
     return maps.fit(z_a, z_b, method=method, epsilon=epsilon, shrinkage=shrinkage, rng=rng), z_a, z_b
 
 
-@partial(jax.jit, static_argnames=("nfe", "clip"))
-def _translate(x, eps_source, eps_target, schedule, latent_map, end_step, *, nfe, clip):
-    n_inv, n_gen = ddib.split_nfe(nfe)
-    z = samplers.ddim_invert(eps_source, x, schedule=schedule, nfe=n_inv, end=end_step)
-    return samplers.ddim_sample(eps_target, latent_map(z), schedule=schedule, nfe=n_gen, start=end_step, clip=clip)
-
-
 def translate(
     x: jax.Array,
     rng: jax.Array | None,
@@ -78,8 +70,7 @@ def translate(
     """Step 3 with ``nfe`` model calls in total (deterministic; ``rng`` unused; ``clip`` as in DDIB)."""
     del rng
     ddib.split_nfe(nfe)
-    return _translate(
-        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule,
-        samplers.as_pytree_fn(latent_map),
-        end_step, nfe=nfe, clip=clip,
+    return ddib._translate(
+        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule, end_step,
+        samplers.as_pytree_fn(latent_map), nfe=nfe, clip=clip,
     )
