@@ -1,6 +1,8 @@
 """Shared fields of the point-cloud OT configs (``otm_2d.py``, ``diotm_2d.py``)."""
 import ml_collections
 
+from configs import common
+
 DATASETS = ("g8g", "g25g", "moon_spiral", "g_circles")
 
 
@@ -38,25 +40,11 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.loss.beta_b = 1.0
     c.loss.k_t = 1  # map updates per potential update
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 4_000
-    c.train.batch_size = 256
-    c.train.lr_map = 1e-3
-    c.train.lr_potential = 1e-3
-    c.train.b1 = 0.0
-    c.train.b2 = 0.9
-    c.train.lr_schedule = "cosine"  # constant | cosine
-    c.train.lr_final_fraction = 0.0
-    c.train.grad_clip = 0.0  # global-norm clip; 0 = off
-    c.train.ema = 0.99  # EMA decay of the maps; 0 = off
-    c.train.log_every = 250
-    c.train.eval_every = 0  # 0 = only at the end
-    c.train.checkpoint_every = 2_000
-    c.train.keep_checkpoints = 2
-    c.train.progress = True
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the data axis; -1 = all
+    c.train = common.train(
+        steps=4_000, batch_size=256, lr_map=1e-3, lr_potential=1e-3, b1=0.0, b2=0.9,
+        lr_schedule="cosine", ema=0.99, log_every=250, checkpoint_every=2_000,
+    )
+    c.mesh = common.mesh()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.paths = 24  # displacement arrows drawn in transport.png

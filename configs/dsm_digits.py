@@ -14,6 +14,8 @@ The trained workdir is what ``configs/translate_digits.py`` reads: translate wit
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -43,24 +45,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.loss.snr_gamma = 0.0  # min-SNR-gamma weighting; 0 = off (the plain DDPM loss)
     c.loss.continuous_steps = True  # s ~ U[0, S-1] (the samplers use fractional steps)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 50_000
-    c.train.batch_size = 64  # per domain
-    c.train.lr = 2e-4
-    c.train.b1 = 0.9
-    c.train.b2 = 0.999
-    c.train.lr_schedule = "constant"  # constant | cosine
-    c.train.lr_final_fraction = 0.0
-    c.train.grad_clip = 1.0
-    c.train.ema = 0.999
-    c.train.log_every = 100
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 5_000
-    c.train.keep_checkpoints = 2
-    c.train.progress = True
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
+    c.train = common.train(
+        steps=50_000, batch_size=64, lr=2e-4, grad_clip=1.0, checkpoint_every=5_000
+    )  # batch_size is per domain
+    c.mesh = common.mesh()
 
     c.translate = ml_collections.ConfigDict()  # used by `transport` (DDIB thin -> thick)
     c.translate.nfe = 20
