@@ -2,8 +2,9 @@
 
 A dataset is an object with
 
-``train_batch(step: int) -> dict[str, np.ndarray]``
-    This process's share of the global batch for optimisation step ``step``. It is a pure
+``train_batch(step: int, keys=...) -> dict[str, np.ndarray]``
+    This process's share of the global batch for optimisation step ``step``; ``keys``
+    (optional parameter) restricts it to those keys, each key drawn from its own stream. It is a pure
     function of ``(seed, step, process_index)``, so resuming at step ``k`` reproduces the
     exact batches an uninterrupted run would have seen (no iterator state to checkpoint).
     Unpaired translation data uses keys ``"x"`` (source) and ``"y"`` (target); labelled
@@ -21,6 +22,6 @@ import numpy as np
 
 
 class Dataset(Protocol):
-    def train_batch(self, step: int) -> dict[str, np.ndarray]: ...
+    def train_batch(self, step: int, keys=...) -> dict[str, np.ndarray]: ...
 
     def eval_data(self) -> dict[str, np.ndarray]: ...

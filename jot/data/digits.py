@@ -74,11 +74,9 @@ class DigitsDataset:
         self._x = shuffled_indices(len(data.source_train), seed)
         self._y = shuffled_indices(len(data.target_train), seed + 1)
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        return {
-            "x": self.split.source_train[index_batch(self._x, step, self.batch_size)],
-            "y": self.split.target_train[index_batch(self._y, step, self.batch_size)],
-        }
+    def train_batch(self, step: int, keys=("x", "y")) -> dict[str, np.ndarray]:
+        pools = {"x": (self.split.source_train, self._x), "y": (self.split.target_train, self._y)}
+        return {k: pools[k][0][index_batch(pools[k][1], step, self.batch_size)] for k in keys}
 
     def eval_data(self) -> dict[str, np.ndarray]:
         return {"x": self.split.test_x, "y": self.split.test_y, "label": self.split.test_labels}

@@ -116,8 +116,9 @@ class FolderDataset:
                 grain.MapDataset.source(train).shuffle(seed=seed + (key == "y")).repeat().map(self._load)
             )
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        return {k: np.stack(index_batch(ds, step, self.batch_size)) for k, ds in self._train.items()}
+    def train_batch(self, step: int, keys=None) -> dict[str, np.ndarray]:
+        keys = self._train.keys() if keys is None else keys
+        return {k: np.stack(index_batch(self._train[k], step, self.batch_size)) for k in keys}
 
     def eval_data(self) -> dict[str, np.ndarray]:
         empty = np.zeros((0, self.size, self.size, self.channels), np.float32)

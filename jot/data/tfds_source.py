@@ -62,8 +62,9 @@ class TfdsDataset:
             self._train[key] = ds.shuffle(seed=seed + i).repeat().map(self._prep)
         self._eval, self._num_eval = evals, data.get("num_eval", 64)
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        return {k: np.stack(index_batch(ds, step, self.batch_size)) for k, ds in self._train.items()}
+    def train_batch(self, step: int, keys=None) -> dict[str, np.ndarray]:
+        keys = self._train.keys() if keys is None else keys
+        return {k: np.stack(index_batch(self._train[k], step, self.batch_size)) for k in keys}
 
     def eval_data(self) -> dict[str, np.ndarray]:
         out = {}

@@ -182,12 +182,15 @@ class PointClouds:
                 f"{self.target(np.random.default_rng(0), 2).shape[1]}; source and target must live in the same space."
             )
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, _TRAIN, int(step), self.process_index])
-        return {
-            "x": self.source(rng, self.local_batch).astype(np.float32),
-            "y": self.target(rng, self.local_batch).astype(np.float32),
-        }
+    def train_batch(self, step: int, keys=("x", "y")) -> dict[str, np.ndarray]:
+        """Fresh ``x`` (source) and ``y`` (target) points for ``step``; each key has its own
+        random stream, so drawing only some ``keys`` leaves the others unchanged."""
+        out = {}
+        for key in keys:
+            sampler, stream = {"x": (self.source, 0), "y": (self.target, 1)}[key]
+            rng = np.random.default_rng([self.seed, _TRAIN, int(step), self.process_index, stream])
+            out[key] = sampler(rng, self.local_batch).astype(np.float32)
+        return out
 
     def eval_data(self) -> dict[str, np.ndarray]:
         if self._eval is None:

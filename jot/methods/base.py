@@ -21,9 +21,10 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
 ``evaluate(config, state, data, workdir) -> dict[str, float]`` (optional, host side)
     Held-out metrics, and any artifacts written atomically under ``workdir``.
 
-``batch_sizes(config) -> dict[str, int]`` (optional)
-    Per-key host batch sizes when they differ from ``config.train.batch_size`` (e.g. a
-    method that consumes ``K_T`` source batches per step).
+``batches_per_step(config) -> int | dict[str, int]`` (optional)
+    Host batches the step consumes per key, stacked as ``[count, B, ...]`` and sharded along
+    axis 1 (e.g. OTM: ``{"x": k_t + 1, "y": 1}``); an int applies to every key. Without it a
+    step takes one unstacked batch.
 """
 from typing import Any, Protocol
 

@@ -13,6 +13,7 @@ A workdir holds ``config.json``, ``metrics.jsonl`` (one JSON line per log step),
 ``checkpoints/`` and, after evaluation, ``metrics.json`` plus the method's artifacts.
 """
 import functools
+import inspect
 import json
 import os
 import time
@@ -32,11 +33,43 @@ class TrainingDiverged(FloatingPointError):
     """Raised when a loss or the parameters stop being finite; the last good checkpoint is kept."""
 
 
-def _host_batch(dataset, step: int, k: int | None) -> dict:
-    if k is None:
+def batch_counts(method, config) -> dict[str, int] | None:
+    """Host batches per step for each key, from the method's ``batches_per_step`` (see
+    ``jot.methods.base``): ``None`` (one batch, no stacking), an int ``K`` for every key, or a
+    dict ``{key: count}``."""
+    if not hasattr(method, "batches_per_step"):
+        return None
+    counts = method.batches_per_step(config)
+    if isinstance(counts, int):
+        counts = {"x": counts, "y": counts}
+    bad = {k: c for k, c in counts.items() if int(c) < 1}
+    if bad:
+        raise ValueError(f"{config.method}.batches_per_step returned counts {bad}; each must be >= 1.")
+    return {k: int(c) for k, c in counts.items()}
+
+
+def _accepts_keys(dataset) -> bool:
+    try:
+        return "keys" in inspect.signature(dataset.train_batch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _host_batch(dataset, step: int, counts: dict[str, int] | None) -> dict:
+    """The host batch of ``step``: ``dataset.train_batch(step)``, or for stacked methods, for
+    each key ``k``, the ``[counts[k], B, ...]`` stack of its dataset batches
+    ``step * counts[k] + j`` (so every key reads its own stream contiguously). Datasets whose
+    ``train_batch`` takes ``keys`` draw only the keys each index needs."""
+    if counts is None:
         return dataset.train_batch(step)
-    parts = [dataset.train_batch(step * k + j) for j in range(k)]
-    return {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+    wanted: dict[int, list[str]] = {}
+    for key, c in counts.items():
+        for j in range(c):
+            wanted.setdefault(step * c + j, []).append(key)
+    lazy = _accepts_keys(dataset)
+    drawn = {i: dataset.train_batch(i, keys=tuple(keys)) if lazy else dataset.train_batch(i)
+             for i, keys in wanted.items()}
+    return {key: np.stack([drawn[step * c + j][key] for j in range(c)]) for key, c in counts.items()}
 
 
 @jax.jit
@@ -54,13 +87,14 @@ class Trainer:
         self.method = methods.get(config.method)
         self.dataset = dataset if dataset is not None else jot_data.build(config)
         self.mesh = mesh_lib.make_mesh(config)
-        self.k = self.method.batches_per_step(config) if hasattr(self.method, "batches_per_step") else None
+        self.counts = batch_counts(self.method, config)
         self.replicated = mesh_lib.replicated(self.mesh)
         self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
         self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
 
     def batch(self, step: int) -> dict:
-        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.k), batch_axis=0 if self.k is None else 1)
+        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.counts),
+                                     batch_axis=0 if self.counts is None else 1)
 
     def initial_state(self):
         """Restores the latest checkpoint, or initialises (see the resume order above)."""
