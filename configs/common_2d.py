@@ -27,18 +27,18 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.model.potential_depth = 3  # MLP layers after the (x, t) embeddings
     c.model.time_dim = 128  # sinusoidal embedding of t (DIOTM's V)
     c.model.time_scale = 1.0  # t is multiplied by this before the embedding (sets the top frequency)
-    c.model.noise_dim = 0  # auxiliary noise input of the maps; 0 = deterministic maps
+    c.model.noise_dim = 0  # auxiliary noise input z of the maps T(x, z); 0 = deterministic maps
 
     c.loss = ml_collections.ConfigDict()
     c.loss.tau = 0.1  # cost c(x, y) = tau * ||x - y||^2
     c.loss.cost_reduce = "sum"  # "sum" over coordinates (points) | "mean" (images)
-    c.loss.regularizer = "hjb"  # hjb | r1 | none (OTM: r1 | none)
+    c.loss.regularizer = "hjb"  # DIOTM: hjb | r1 | otm | none; OTM: r1 | none (jot.losses docstrings)
     c.loss.reg_weight = 1.0  # lambda
     c.loss.hjb_kind = "square"  # square | abs
     c.loss.time_sampler = "uniform"  # uniform | beta
     c.loss.beta_a = 1.0
     c.loss.beta_b = 1.0
-    c.loss.k_t = 1  # map updates per potential update
+    c.loss.k_t = 1  # map updates per potential update (each on a fresh batch)
 
     c.train = common.train(
         steps=4_000, batch_size=256, lr_map=1e-3, lr_potential=1e-3, b1=0.0, b2=0.9,
@@ -48,6 +48,7 @@ def base(method: str) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.paths = 24  # displacement arrows drawn in transport.png
+    c.eval.map_noise = "sample"  # maps with noise_dim > 0: "sample" z ~ N(0, I) | "zero" z = 0
     return c
 
 

@@ -15,6 +15,7 @@ def get_config(preset: str | None = None):
     c = common_2d.base("diotm")
     c = common_2d.apply_preset(c, preset)
     if preset == "moon_spiral":
-        # Held-out W2 at 8k iterations: 0.45 with a constant rate, 0.79 with cosine decay.
+        # Chosen on the validation seed 0 only (benchmarks/toy_2d.py --validate, 4k iterations):
+        # W2 / L2 0.48 / 0.94 with a constant rate, 0.47 / 1.08 with cosine decay.
         c.train.lr_schedule = "constant"
     return c

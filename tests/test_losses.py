@@ -48,9 +48,20 @@ def test_otm_map_and_potential_losses_match_numpy():
 
     lv, aux_v = losses.potential_loss(v_jnp, jnp.asarray(tx), jnp.asarray(Y), r1_weight=0.4)
     grad_v = 0.6 * Y + A  # d/dy of v
-    r1 = np.mean(np.sum(grad_v**2, -1))
+    r1 = 0.5 * np.mean(np.sum(grad_v**2, -1))  # R1 = (1/2) E ||grad v(y)||^2
     np.testing.assert_allclose(aux_v["r1"], r1, rtol=1e-5)
-    np.testing.assert_allclose(lv, np.mean(v_np(tx)) - np.mean(v_np(Y)) + 0.2 * r1, rtol=1e-5)
+    np.testing.assert_allclose(lv, np.mean(v_np(tx)) - np.mean(v_np(Y)) + 0.4 * r1, rtol=1e-5)
+
+
+def test_otm_and_diotm_share_one_r1_definition():
+    """A time-independent V: DIOTM's "r1" on z equals OTM's R1 of v = V(t, .) on the same z."""
+    z = jnp.asarray(np.concatenate([X, Y]))
+    t = jnp.asarray(RNG.uniform(size=16).astype(np.float32))
+    _, aux_v = losses.potential_loss(v_jnp, jnp.asarray(X), z, r1_weight=1.0)
+    _, aux_V = losses.value_loss(lambda t, u: v_jnp(u), t, jnp.asarray(X), t, jnp.asarray(Y), regularizer="r1")
+    np.testing.assert_allclose(aux_V["reg"], aux_v["r1"], rtol=1e-6)
+    np.testing.assert_allclose(losses.r1_regularizer(v_jnp, z), 0.5 * np.mean(np.sum((0.6 * np.asarray(z) + A) ** 2, -1)),
+                               rtol=1e-5)
 
 
 def test_potential_loss_stops_gradient_through_transported_points():
@@ -82,11 +93,13 @@ def _hjb_numpy(t, z, k):
     return d_t + np.sum(g**2, -1) / (4 * k)
 
 
-@pytest.mark.parametrize("regularizer", ["hjb", "r1", "none"])
+@pytest.mark.parametrize("regularizer", ["hjb", "r1", "otm", "none"])
 def test_value_loss_matches_numpy(regularizer):
     tx_, ty_ = RNG.uniform(size=16).astype(np.float32), RNG.uniform(size=16).astype(np.float32)
+    x_real, y_real = X + 0.5, Y - 0.25  # the real endpoints, distinct from the interpolants
     got, aux = jax.jit(
-        lambda a, b, c, d: losses.value_loss(V_jnp, a, b, c, d, tau=0.3, regularizer=regularizer, weight=0.5)
+        lambda a, b, c, d: losses.value_loss(V_jnp, a, b, c, d, tau=0.3, regularizer=regularizer, weight=0.5,
+                                             x=x_real, y=y_real)
     )(tx_, X, ty_, Y)
     base = np.mean(V_np(tx_, X)) - np.mean(V_np(ty_, Y))
     t_all, z_all = np.concatenate([tx_, ty_]), np.concatenate([X, Y])
@@ -94,7 +107,11 @@ def test_value_loss_matches_numpy(regularizer):
         reg = np.mean(_hjb_numpy(t_all, z_all, 0.3) ** 2)
     elif regularizer == "r1":
         g = 0.6 * (1 + t_all)[:, None] * z_all + (t_all**2)[:, None] * A
-        reg = np.mean(np.sum(g**2, -1))
+        reg = 0.5 * np.mean(np.sum(g**2, -1))
+    elif regularizer == "otm":  # (1/2) (E ||grad V(1, y)||^2 + E ||grad V(0, x)||^2)
+        g1 = 0.6 * 2.0 * y_real + A
+        g0 = 0.6 * x_real
+        reg = 0.5 * (np.mean(np.sum(g1**2, -1)) + np.mean(np.sum(g0**2, -1)))
     else:
         reg = 0.0
     np.testing.assert_allclose(got, base + 0.5 * reg, rtol=2e-5)
@@ -134,3 +151,5 @@ def test_loss_shape_errors_are_clear():
         losses.map_loss(lambda u: u, v_jnp, jnp.ones(3))
     with pytest.raises(ValueError, match="regularizer must be"):
         losses.value_loss(V_jnp, jnp.ones(16), jnp.asarray(X), jnp.ones(16), jnp.asarray(Y), regularizer="l2")
+    with pytest.raises(ValueError, match="pass x= .source. and y= .target."):
+        losses.value_loss(V_jnp, jnp.ones(16), jnp.asarray(X), jnp.ones(16), jnp.asarray(Y), regularizer="otm")

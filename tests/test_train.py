@@ -74,8 +74,8 @@ def test_interrupt_and_resume_matches_uninterrupted_run(tmp_path, module):
     full = loop.train(c, str(tmp_path / "full"))
     from jot import data
 
-    # otm stacks k_t host batches per step: batch index step * k_t + j.
-    k = int(c.loss.k_t)
+    # the source stream of a step is dataset batches step * count + j, count = k_t + 1.
+    k = loop.batch_counts(otm if module is otm_2d else diotm, c)["x"]
     with pytest.raises(KeyboardInterrupt):
         loop.train(c, str(tmp_path / "cut"), dataset=_Interrupting(data.build(c), at=9 * k))
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["4", "8"]
@@ -106,7 +106,8 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     from jot import data
 
     with pytest.raises(loop.TrainingDiverged, match=r"at step 15; last good checkpoint: step 10"):
-        loop.train(c, str(tmp_path), dataset=_PoisonAt(data.build(c), at=12))
+        poison = 12 * loop.batch_counts(diotm, c)["x"]  # the first dataset batch of step 12
+        loop.train(c, str(tmp_path), dataset=_PoisonAt(data.build(c), at=poison))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "5"]
 
 

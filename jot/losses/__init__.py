@@ -10,7 +10,7 @@ from jot.losses import costs, denoising, displacement, regularizers, semi_dual
 from jot.losses.costs import quadratic, quadratic_scale
 from jot.losses.denoising import epsilon_loss
 from jot.losses.displacement import backward_map_loss, forward_map_loss, interpolate, value_loss
-from jot.losses.regularizers import hjb_penalty, hjb_residual, r1_penalty
+from jot.losses.regularizers import hjb_penalty, hjb_residual, r1_penalty, r1_regularizer
 from jot.losses.semi_dual import map_loss, potential_loss
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "quadratic",
     "quadratic_scale",
     "r1_penalty",
+    "r1_regularizer",
     "regularizers",
     "semi_dual",
     "value_loss",

@@ -14,8 +14,17 @@ With the HJB regulariser (Eq. 19-20) the value-function loss is::
 
     L_V = E_{t,x}[ V(t, x_t) ] - E_{t,y}[ V(t, y_t) ] + lambda * R
 
-where ``R`` is ``E (d_t V + ||grad_z V||^2 / (4k))^2`` over both interpolants (``"hjb"``),
-``E ||grad_z V||^2`` over both interpolants (``"r1"``), or nothing (``"none"``).
+where ``R`` is one of (``z`` runs over both interpolants ``x_t``, ``y_t`` with their times)::
+
+    "hjb":  E (d_t V(t, z) + ||grad_z V(t, z)||^2 / (4k))^2          (paper Eq. 19)
+    "r1":   (1/2) E ||grad_z V(t, z)||^2                            (R1 on the interpolants)
+    "otm":  (1/2) (E_y ||grad_y V(1, y)||^2 + E_x ||grad_x V(0, x)||^2)
+    "none": 0
+
+``"otm"`` is the OTM-style penalty on real data at the two ends of the path, where ``V(1, .)``
+plays OTM's potential for ``T`` and ``-V(0, .)`` the potential for ``S`` (choice: both ends,
+the paper's Table 3 formula was lost in the text). Both R1 forms use
+``jot.losses.regularizers.r1_regularizer``, the definition OTM uses.
 """
 from typing import Callable, Literal
 
@@ -23,11 +32,11 @@ import jax
 import jax.numpy as jnp
 
 from jot.losses import _checks, costs
-from jot.losses.regularizers import hjb_penalty
+from jot.losses.regularizers import hjb_penalty, r1_regularizer
 
 Map = Callable[[jax.Array], jax.Array]
 TimePotential = Callable[[jax.Array, jax.Array], jax.Array]
-Regularizer = Literal["hjb", "r1", "none"]
+Regularizer = Literal["hjb", "r1", "otm", "none"]
 
 
 def _bcast(t: jax.Array, like: jax.Array) -> jax.Array:
@@ -89,12 +98,15 @@ def value_loss(
     regularizer: Regularizer = "hjb",
     weight: float = 1.0,
     hjb_kind: Literal["square", "abs"] = "square",
+    x: jax.Array | None = None,
+    y: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``L_V = E[ V(t, x_t) ] - E[ V(t, y_t) ] + weight * R`` (minimised over ``V``).
 
     ``x_t`` and ``y_t`` are the forward and backward interpolants (gradients stopped here)
     with their times ``t_x``, ``t_y``. ``regularizer`` picks ``R`` (see module docstring);
     the HJB residual uses the per-coordinate cost scale ``k`` of ``(tau, reduce)``.
+    ``regularizer="otm"`` needs the real samples ``x`` (source) and ``y`` (target).
     """
     _checks.batch_matrix("x_t", x_t)
     _checks.batch_matrix("y_t", y_t)
@@ -114,9 +126,15 @@ def value_loss(
         scale = costs.quadratic_scale(tau, x_t.shape[1:], reduce)
         reg = jnp.mean(hjb_penalty(V, t_all, z_all, scale=scale, kind=hjb_kind))
     elif regularizer == "r1":
-        grad = jax.grad(lambda z: jnp.sum(V(t_all, z)))(z_all)
-        reg = jnp.mean(jnp.sum(jnp.square(grad).reshape(z_all.shape[0], -1), axis=-1))
+        reg = r1_regularizer(lambda z: V(t_all, z), z_all)
+    elif regularizer == "otm":
+        if x is None or y is None:
+            raise ValueError("regularizer='otm' penalises V at the real samples: pass x= (source) and y= (target).")
+        _checks.batch_matrix("x", x)
+        _checks.batch_matrix("y", y)
+        ones, zeros = jnp.ones((y.shape[0],), y.dtype), jnp.zeros((x.shape[0],), x.dtype)
+        reg = r1_regularizer(lambda z: V(ones, z), y) + r1_regularizer(lambda z: V(zeros, z), x)
     else:
-        raise ValueError(f"regularizer must be 'hjb', 'r1' or 'none', got {regularizer!r}.")
+        raise ValueError(f"regularizer must be 'hjb', 'r1', 'otm' or 'none', got {regularizer!r}.")
     aux["reg"] = reg
     return loss + weight * reg, aux

@@ -15,13 +15,22 @@ TimePotential = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def r1_penalty(v: Potential, y: jax.Array) -> jax.Array:
-    """R1 penalty (Roth et al. 2017): per-example ``||grad_y v(y)||^2``, shape ``[n]``.
-
-    The caller scales it, e.g. ``(gamma / 2) * mean(r1_penalty(v, y))``.
-    """
+    """Per-example squared gradient norm ``||grad_y v(y)||^2``, shape ``[n]`` (Roth et al. 2017)."""
     _checks.batch_matrix("y", y)
     grad = jax.grad(lambda z: jnp.sum(v(z)))(y)
     return jnp.sum(jnp.square(grad).reshape(y.shape[0], -1), axis=-1)
+
+
+def r1_regularizer(v: Potential, y: jax.Array) -> jax.Array:
+    """The R1 regulariser, the one definition OTM and DIOTM share::
+
+        R1(v; y) = (1/2) E_y ||grad_y v(y)||^2
+
+    A loss adds ``weight * R1``, so ``weight`` is the ``gamma`` of Roth et al. (2017). OTM
+    applies it to target samples ``y``; DIOTM's ``"r1"`` to the interpolants ``x_t``, ``y_t``
+    with ``v = V(t, .)``, and ``"otm"`` to the real endpoints (``jot.losses.value_loss``).
+    """
+    return 0.5 * jnp.mean(r1_penalty(v, y))
 
 
 def hjb_residual(V: TimePotential, t: jax.Array, z: jax.Array, *, scale: float) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jot.losses import _checks, costs
-from jot.losses.regularizers import r1_penalty
+from jot.losses.regularizers import r1_regularizer
 
 Map = Callable[[jax.Array], jax.Array]
 Potential = Callable[[jax.Array], jax.Array]
@@ -37,7 +37,8 @@ def map_loss(
 def potential_loss(
     v: Potential, tx: jax.Array, y: jax.Array, *, r1_weight: float = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Potential loss ``L_v = E_x[ v(T(x)) ] - E_y[ v(y) ] + (r1_weight / 2) E_y ||grad v(y)||^2``.
+    """Potential loss ``L_v = E_x[ v(T(x)) ] - E_y[ v(y) ] + r1_weight * R1(v; y)``, with
+    ``R1(v; y) = (1/2) E_y ||grad_y v(y)||^2`` (``jot.losses.regularizers.r1_regularizer``).
 
     ``tx`` are the transported source points ``T(x)``, treated as data (gradients are
     stopped). Minimised over ``v``. Returns ``(loss, aux)``.
@@ -55,7 +56,7 @@ def potential_loss(
     loss = jnp.mean(v_fake) - jnp.mean(v_real)
     aux = {"v_fake": jnp.mean(v_fake), "v_real": jnp.mean(v_real)}
     if r1_weight:
-        r1 = jnp.mean(r1_penalty(v, y))
-        loss = loss + 0.5 * r1_weight * r1
+        r1 = r1_regularizer(v, y)
+        loss = loss + r1_weight * r1
         aux["r1"] = r1
     return loss, aux

@@ -5,6 +5,7 @@ import json
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx, struct
@@ -63,13 +64,19 @@ def module(config: ml_collections.ConfigDict, name: str, dim: int, params: dict)
     return nnx.merge(graphdef(config, name, dim), params)
 
 
-def optimizer(config: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
-    """Adam(b1, b2) with optional global-norm clipping and a constant or cosine schedule."""
+def optimizer(config: ml_collections.ConfigDict, lr: float, *, updates_per_step: int = 1) -> optax.GradientTransformation:
+    """Adam(b1, b2) with optional global-norm clipping and a constant or cosine schedule.
+
+    The schedule runs over this optimiser's own updates, ``train.steps * updates_per_step``
+    (a map updated ``k_t`` times per outer step decays over ``k_t * steps`` updates), so every
+    optimiser reaches its final rate at the last outer step.
+    """
     t = config.train
     if t.lr_schedule == "constant":
         schedule = lr
     elif t.lr_schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(lr, decay_steps=max(1, t.steps), alpha=t.lr_final_fraction)
+        total = max(1, int(t.steps) * int(updates_per_step))
+        schedule = optax.cosine_decay_schedule(lr, decay_steps=total, alpha=t.lr_final_fraction)
     else:
         raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}; expected 'constant' or 'cosine'.")
     chain = [optax.adam(schedule, b1=t.b1, b2=t.b2)]
@@ -87,6 +94,14 @@ def ema_update(ema, params, decay: float):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
+def k_t(config: ml_collections.ConfigDict) -> int:
+    """Map updates per potential update, ``loss.k_t`` (>= 1)."""
+    k = config.loss.k_t
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"config.loss.k_t={k!r}: map updates per potential update must be an integer >= 1.")
+    return k
+
+
 def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> jax.Array:
     """Times ``t`` in [0, 1]: ``uniform`` (paper default) or ``beta`` (``loss.beta_a``, ``loss.beta_b``)."""
     kind = config.loss.time_sampler
@@ -97,10 +112,24 @@ def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> j
     raise ValueError(f"config.loss.time_sampler={kind!r}; expected 'uniform' or 'beta'.")
 
 
-def noise(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> jax.Array | None:
-    """Auxiliary map noise ``z ~ N(0, I)`` of size ``model.noise_dim`` (None when 0)."""
+def noise(config: ml_collections.ConfigDict, rng: jax.Array | None, n: int) -> jax.Array | None:
+    """Auxiliary map noise ``z ~ N(0, I)`` of size ``model.noise_dim`` (None when 0; zeros
+    when ``rng`` is None, the deterministic ``T(x, 0)``)."""
     d = config.model.noise_dim
-    return jax.random.normal(rng, (n, d)) if d else None
+    if not d:
+        return None
+    if rng is None:
+        return jnp.zeros((n, d), jnp.float32)
+    return jax.random.normal(rng, (n, d))
+
+
+def apply_map(config: ml_collections.ConfigDict, state: "State", name: str, x: jax.Array,
+              rng: jax.Array | None = None) -> jax.Array:
+    """Test-time map ``name`` (``"T"`` or ``"S"``) on ``x``: EMA parameters when kept; with
+    ``model.noise_dim > 0`` the auxiliary noise is ``z ~ N(0, I)`` drawn from ``rng``, or
+    ``z = 0`` when ``rng`` is None."""
+    net = module(config, name, x.shape[-1], map_params(config, state, name))
+    return net(x, noise(config, rng, x.shape[0]))
 
 
 def map_params(config: ml_collections.ConfigDict, state: State, name: str) -> Any:

@@ -10,21 +10,37 @@ from jot import io
 from jot.ot import exact
 
 
+def noise_keys(config) -> tuple[jax.Array | None, jax.Array | None]:
+    """Keys for the maps' auxiliary noise at evaluation: ``eval.map_noise="sample"`` draws
+    ``z ~ N(0, I)`` (fixed by ``seed``, as the paper samples ``T(x, z)``), ``"zero"`` uses
+    ``z = 0``; ``(None, None)`` for deterministic maps."""
+    mode = config.eval.get("map_noise", "sample")
+    if mode not in ("sample", "zero"):
+        raise ValueError(f"config.eval.map_noise={mode!r}; expected 'sample' (z ~ N(0, I)) or 'zero' (z = 0).")
+    if not config.model.get("noise_dim", 0) or mode == "zero":
+        return None, None
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
+    return tuple(jax.random.split(key))
+
+
 def evaluate(config, state, data: dict, workdir: str | None, transport: Callable, backward: Callable | None) -> dict:
     """Metrics on ``data`` (keys ``x``, ``y`` of equal size):
 
     - ``w2``: ``W2^2(T#mu, nu)`` between ``T(x)`` and ``y`` (exact assignment),
     - ``l2_to_ot``: ``mean ||T(x_i) - y_sigma(i)||^2``, ``sigma`` the exact OT of ``x`` to ``y``,
     - ``w2_backward``: ``W2^2(S#nu, mu)`` when the method has a backward map.
+
+    Maps with auxiliary noise are evaluated as ``eval.map_noise`` says (``noise_keys``).
     """
     x, y = np.asarray(data["x"]), np.asarray(data["y"])
     n = min(len(x), len(y))
     x, y = x[:n], y[:n]
-    tx = np.asarray(jax.jit(lambda s, u: transport(config, s, u))(state, x))
+    rng_t, rng_s = noise_keys(config)
+    tx = np.asarray(jax.jit(lambda s, u, r: transport(config, s, u, r))(state, x, rng_t))
     metrics = {"w2": exact.w2_squared(tx, y), "l2_to_ot": exact.l2_to_ot(x, tx, y), "n_eval": n}
     arrays = {"x": x, "Tx": tx, "y": y}
     if backward is not None:
-        sy = np.asarray(jax.jit(lambda s, u: backward(config, s, u))(state, y))
+        sy = np.asarray(jax.jit(lambda s, u, r: backward(config, s, u, r))(state, y, rng_s))
         metrics["w2_backward"] = exact.w2_squared(sy, x)
         arrays["Sy"] = sy
     if not np.all(np.isfinite(tx)):

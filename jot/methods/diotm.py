@@ -1,9 +1,19 @@
 """DIOTM: displacement-interpolation OT maps with the HJB regulariser (``jot.losses.displacement``).
 
 Networks: forward map ``T``, backward map ``S`` (``jot.models.mlp.ResidualMap``) and the
-time-dependent value function ``V`` (``jot.models.mlp.TimePotential``). One train step is
-``loss.k_t`` updates of ``T`` and ``S`` (a ``lax.scan`` over ``k_t`` fresh batches) followed by
-one update of ``V`` on interpolants of the updated maps (Algorithm 1 of the paper).
+time-dependent value function ``V`` (``jot.models.mlp.TimePotential``).
+
+One train step follows Algorithm 1 of the paper, every update on its own fresh batch:
+
+1. draw ``x, y, t`` (batch 0 of the step) and the interpolants ``x_t``, ``y_t`` of the current
+   maps; update ``V`` on ``L_V + lambda R`` (line 4: the regulariser);
+2. ``loss.k_t`` times (a ``lax.scan`` over batches ``1..k_t``): draw fresh ``x, y, t`` and
+   update ``T`` and ``S`` against the updated ``V``.
+
+So a step consumes ``k_t + 1`` source and ``k_t + 1`` target batches (``batches_per_step``).
+The map optimisers decay over ``k_t * train.steps`` updates, ``V``'s over ``train.steps``.
+With ``model.noise_dim > 0`` the maps take auxiliary noise ``z ~ N(0, I)`` in training and at
+test time (``transport(..., rng)``; ``rng=None`` gives ``z = 0``).
 """
 import jax
 import jax.numpy as jnp
@@ -16,44 +26,65 @@ from jot.methods._common import State
 MAPS = ("T", "S")
 
 
-def batches_per_step(config: ml_collections.ConfigDict) -> int:
-    return int(config.loss.k_t)
+def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:
+    k = _common.k_t(config)
+    return {"x": k + 1, "y": k + 1}
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
     dim = _common.stacked(batch, "x").shape[-1]
     keys = jax.random.split(rng, 4)
     params = {n: _common.init_params(config, n, dim, k) for n, k in zip(("T", "S", "V"), keys[:3])}
-    lrs = {"T": config.train.lr_map, "S": config.train.lr_map, "V": config.train.lr_potential}
-    opt_state = {n: _common.optimizer(config, lrs[n]).init(p) for n, p in params.items()}
+    opt_state = {n: _optimizer(config, n).init(p) for n, p in params.items()}
     ema = {n: params[n] for n in MAPS} if config.train.ema else {}
     return State(step=jnp.zeros((), jnp.int32), rng=keys[3], params=params, opt_state=opt_state, ema=ema)
 
 
-def _callables(config, dim, params, z_x=None, z_y=None):
-    T = _common.module(config, "T", dim, params["T"])
-    S = _common.module(config, "S", dim, params["S"])
-    V = _common.module(config, "V", dim, params["V"])
-    return (lambda x: T(x, z_x)), (lambda y: S(y, z_y)), V
+def _optimizer(config: ml_collections.ConfigDict, name: str):
+    if name == "V":
+        return _common.optimizer(config, config.train.lr_potential)
+    return _common.optimizer(config, config.train.lr_map, updates_per_step=_common.k_t(config))
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
     xs, ys = _common.stacked(batch, "x"), _common.stacked(batch, "y")
-    k, n, dim = xs.shape
+    _, n, dim = xs.shape
+    k = _common.k_t(config)
     lc = config.loss
     cost = dict(tau=lc.tau, reduce=lc.cost_reduce)
-    opt_map = _common.optimizer(config, config.train.lr_map)
-    opt_v = _common.optimizer(config, config.train.lr_potential)
+    opt_map, opt_v = _optimizer(config, "T"), _optimizer(config, "V")
     rng = jax.random.fold_in(state.rng, state.step)
-    map_keys = jax.random.split(rng, k + 1)
+    keys = jax.random.split(rng, k + 1)
 
-    def map_update(carry, inputs):
-        params, opt_state = carry
-        x, y, key = inputs
+    def draws(key):
         kt, ks, kzx, kzy = jax.random.split(key, 4)
-        t_x, t_y = _common.sample_times(config, kt, n), _common.sample_times(config, ks, n)
-        z_x, z_y = _common.noise(config, kzx, n), _common.noise(config, kzy, n)
-        V = _common.module(config, "V", dim, params["V"])
+        return (_common.sample_times(config, kt, n), _common.sample_times(config, ks, n),
+                _common.noise(config, kzx, n), _common.noise(config, kzy, n))
+
+    # 1. Value-function step on batch 0 and the interpolants of the current maps.
+    params, opt_state = state.params, state.opt_state
+    x, y = xs[0], ys[0]
+    t_x, t_y, z_x, z_y = draws(keys[0])
+    T = _common.module(config, "T", dim, params["T"])
+    S = _common.module(config, "S", dim, params["S"])
+    x_t = losses.interpolate(x, T(x, z_x), t_x)
+    y_t = losses.interpolate(S(y, z_y), y, t_y)
+
+    def loss_V(p):
+        V = _common.module(config, "V", dim, p)
+        return losses.value_loss(V, t_x, x_t, t_y, y_t, **cost, regularizer=lc.regularizer, weight=lc.reg_weight,
+                                 hjb_kind=lc.hjb_kind, x=x, y=y)
+
+    (lv, aux_v), g_v = jax.value_and_grad(loss_V, has_aux=True)(params["V"])
+    new_v, os_v = _common.apply_grads(opt_v, params["V"], opt_state["V"], g_v)
+    params, opt_state = {**params, "V": new_v}, {**opt_state, "V": os_v}
+    V = _common.module(config, "V", dim, new_v)
+
+    # 2. k_t map steps on fresh batches 1..k_t against the updated value function.
+    def map_update(carry, inputs):
+        p_maps, os_maps = carry
+        x, y, key = inputs
+        t_x, t_y, z_x, z_y = draws(key)
 
         def loss_T(p):
             T = _common.module(config, "T", dim, p)
@@ -63,36 +94,16 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
             S = _common.module(config, "S", dim, p)
             return losses.backward_map_loss(lambda u: S(u, z_y), V, y, t_y, **cost)
 
-        (lt, aux_t), g_t = jax.value_and_grad(loss_T, has_aux=True)(params["T"])
-        (ls, aux_s), g_s = jax.value_and_grad(loss_S, has_aux=True)(params["S"])
-        new_t, os_t = _common.apply_grads(opt_map, params["T"], opt_state["T"], g_t)
-        new_s, os_s = _common.apply_grads(opt_map, params["S"], opt_state["S"], g_s)
-        params = {**params, "T": new_t, "S": new_s}
-        opt_state = {**opt_state, "T": os_t, "S": os_s}
-        return (params, opt_state), {"loss_T": lt, "loss_S": ls, "cost_T": aux_t["cost"], "cost_S": aux_s["cost"]}
+        (lt, aux_t), g_t = jax.value_and_grad(loss_T, has_aux=True)(p_maps["T"])
+        (ls, aux_s), g_s = jax.value_and_grad(loss_S, has_aux=True)(p_maps["S"])
+        new_t, os_t = _common.apply_grads(opt_map, p_maps["T"], os_maps["T"], g_t)
+        new_s, os_s = _common.apply_grads(opt_map, p_maps["S"], os_maps["S"], g_s)
+        return ({"T": new_t, "S": new_s}, {"T": os_t, "S": os_s}), {
+            "loss_T": lt, "loss_S": ls, "cost_T": aux_t["cost"], "cost_S": aux_s["cost"]}
 
-    (params, opt_state), map_metrics = jax.lax.scan(
-        map_update, (state.params, state.opt_state), (xs, ys, map_keys[:k])
-    )
-
-    # Value-function step on interpolants of the updated maps (last batch of the stack).
-    kt, ks, kzx, kzy = jax.random.split(map_keys[k], 4)
-    x, y = xs[-1], ys[-1]
-    t_x, t_y = _common.sample_times(config, kt, n), _common.sample_times(config, ks, n)
-    T, S, _ = _callables(config, dim, params, _common.noise(config, kzx, n), _common.noise(config, kzy, n))
-    x_t = losses.interpolate(x, T(x), t_x)
-    y_t = losses.interpolate(S(y), y, t_y)
-
-    def loss_V(p):
-        V = _common.module(config, "V", dim, p)
-        return losses.value_loss(
-            V, t_x, x_t, t_y, y_t, **cost, regularizer=lc.regularizer, weight=lc.reg_weight, hjb_kind=lc.hjb_kind
-        )
-
-    (lv, aux_v), g_v = jax.value_and_grad(loss_V, has_aux=True)(params["V"])
-    new_v, os_v = _common.apply_grads(opt_v, params["V"], opt_state["V"], g_v)
-    params = {**params, "V": new_v}
-    opt_state = {**opt_state, "V": os_v}
+    maps0 = ({m: params[m] for m in MAPS}, {m: opt_state[m] for m in MAPS})
+    (p_maps, os_maps), map_metrics = jax.lax.scan(map_update, maps0, (xs[1:], ys[1:], keys[1:]))
+    params, opt_state = {**params, **p_maps}, {**opt_state, **os_maps}
     ema = state.ema
     if config.train.ema:
         ema = {m: _common.ema_update(state.ema[m], params[m], config.train.ema) for m in MAPS}
@@ -104,14 +115,15 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     return new_state, metrics
 
 
-def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
-    """Forward map ``T(x)`` (EMA parameters when kept; auxiliary noise set to zero)."""
-    return _common.module(config, "T", x.shape[-1], _common.map_params(config, state, "T"))(x)
+def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    """Forward map ``T(x, z)`` (EMA parameters when kept; ``z ~ N(0, I)`` from ``rng``, or 0)."""
+    return _common.apply_map(config, state, "T", x, rng)
 
 
-def transport_backward(config: ml_collections.ConfigDict, state: State, y: jax.Array) -> jax.Array:
-    """Backward map ``S(y)``."""
-    return _common.module(config, "S", y.shape[-1], _common.map_params(config, state, "S"))(y)
+def transport_backward(config: ml_collections.ConfigDict, state: State, y: jax.Array,
+                       rng: jax.Array | None = None) -> jax.Array:
+    """Backward map ``S(y, z)``."""
+    return _common.apply_map(config, state, "S", y, rng)
 
 
 def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:

@@ -1,8 +1,15 @@
 """OTM: the semi-dual OT map baseline (``jot.losses.semi_dual``; Rout et al. 2022, Fan et al. 2022).
 
-Networks: map ``T`` (``ResidualMap``) and potential ``v`` (``Potential``). One train step is
-``loss.k_t`` map updates (a ``lax.scan`` over ``k_t`` fresh source batches) and one potential
-update with optional R1 (``loss.regularizer="r1"``, weight ``loss.reg_weight``).
+Networks: map ``T`` (``ResidualMap``) and potential ``v`` (``Potential``). One train step, with
+every update on its own fresh batch (the same data flow as DIOTM's Algorithm 1):
+
+1. one potential update on fresh ``x`` (batch 0) and ``y`` with ``T(x)`` of the current map,
+   optional R1 (``loss.regularizer="r1"``, weight ``loss.reg_weight``,
+   ``jot.losses.regularizers.r1_regularizer``);
+2. ``loss.k_t`` map updates (a ``lax.scan`` over source batches ``1..k_t``).
+
+A step consumes ``k_t + 1`` source batches and one target batch. The map optimiser decays
+over ``k_t * train.steps`` updates, the potential's over ``train.steps``.
 """
 import jax
 import jax.numpy as jnp
@@ -13,34 +20,52 @@ from jot.methods import _common, _ot_eval
 from jot.methods._common import State
 
 
-def batches_per_step(config: ml_collections.ConfigDict) -> int:
-    return int(config.loss.k_t)
+def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:
+    return {"x": _common.k_t(config) + 1, "y": 1}
+
+
+def _optimizer(config: ml_collections.ConfigDict, name: str):
+    if name == "v":
+        return _common.optimizer(config, config.train.lr_potential)
+    return _common.optimizer(config, config.train.lr_map, updates_per_step=_common.k_t(config))
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
     dim = _common.stacked(batch, "x").shape[-1]
     keys = jax.random.split(rng, 3)
     params = {"T": _common.init_params(config, "T", dim, keys[0]), "v": _common.init_params(config, "v", dim, keys[1])}
-    opt_state = {
-        "T": _common.optimizer(config, config.train.lr_map).init(params["T"]),
-        "v": _common.optimizer(config, config.train.lr_potential).init(params["v"]),
-    }
+    opt_state = {name: _optimizer(config, name).init(p) for name, p in params.items()}
     ema = {"T": params["T"]} if config.train.ema else {}
     return State(step=jnp.zeros((), jnp.int32), rng=keys[2], params=params, opt_state=opt_state, ema=ema)
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
     xs, ys = _common.stacked(batch, "x"), _common.stacked(batch, "y")
-    k, n, dim = xs.shape
+    _, n, dim = xs.shape
+    k = _common.k_t(config)
     lc = config.loss
     if lc.regularizer not in ("r1", "none"):
-        raise ValueError(f"OTM supports loss.regularizer 'r1' or 'none', got {lc.regularizer!r}.")
-    opt_map = _common.optimizer(config, config.train.lr_map)
-    opt_v = _common.optimizer(config, config.train.lr_potential)
+        raise ValueError(
+            f"OTM supports loss.regularizer 'r1' or 'none', got {lc.regularizer!r}; "
+            "'hjb' and 'otm' need DIOTM's time-dependent value function (configs/diotm_2d.py)."
+        )
+    opt_map, opt_v = _optimizer(config, "T"), _optimizer(config, "v")
     rng = jax.random.fold_in(state.rng, state.step)
     keys = jax.random.split(rng, k + 1)
-    v = _common.module(config, "v", dim, state.params["v"])
 
+    # 1. Potential step on fresh x (batch 0) and y, mapped by the current T.
+    x, y = xs[0], ys[0]
+    tx = _common.module(config, "T", dim, state.params["T"])(x, _common.noise(config, keys[0], n))
+    r1 = lc.reg_weight if lc.regularizer == "r1" else 0.0
+
+    def loss_v(p):
+        return losses.potential_loss(_common.module(config, "v", dim, p), tx, y, r1_weight=r1)
+
+    (lv, aux_v), g_v = jax.value_and_grad(loss_v, has_aux=True)(state.params["v"])
+    p_v, os_v = _common.apply_grads(opt_v, state.params["v"], state.opt_state["v"], g_v)
+    v = _common.module(config, "v", dim, p_v)
+
+    # 2. k_t map steps on fresh source batches 1..k_t against the updated potential.
     def map_update(carry, inputs):
         p_t, os_t = carry
         x, key = inputs
@@ -54,22 +79,14 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
         p_t, os_t = _common.apply_grads(opt_map, p_t, os_t, g)
         return (p_t, os_t), {"loss_T": lt, "cost_T": aux["cost"]}
 
-    (p_t, os_t), map_metrics = jax.lax.scan(map_update, (state.params["T"], state.opt_state["T"]), (xs, keys[:k]))
-
-    x, y = xs[-1], ys[-1]
-    tx = _common.module(config, "T", dim, p_t)(x, _common.noise(config, keys[k], n))
-    r1 = lc.reg_weight if lc.regularizer == "r1" else 0.0
-
-    def loss_v(p):
-        return losses.potential_loss(_common.module(config, "v", dim, p), tx, y, r1_weight=r1)
-
-    (lv, aux_v), g_v = jax.value_and_grad(loss_v, has_aux=True)(state.params["v"])
-    p_v, os_v = _common.apply_grads(opt_v, state.params["v"], state.opt_state["v"], g_v)
+    (p_t, os_t), map_metrics = jax.lax.scan(map_update, (state.params["T"], state.opt_state["T"]), (xs[1:], keys[1:]))
     ema = state.ema
     if config.train.ema:
         ema = {"T": _common.ema_update(state.ema["T"], p_t, config.train.ema)}
     metrics = {name: m[-1] for name, m in map_metrics.items()}
     metrics.update(loss_v=lv, v_fake=aux_v["v_fake"], v_real=aux_v["v_real"])
+    if "r1" in aux_v:
+        metrics["reg"] = aux_v["r1"]
     metrics["loss"] = metrics["loss_T"] + lv
     new_state = state.replace(
         step=state.step + 1, params={"T": p_t, "v": p_v}, opt_state={"T": os_t, "v": os_v}, ema=ema
@@ -77,9 +94,9 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     return new_state, metrics
 
 
-def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
-    """Map ``T(x)`` (EMA parameters when kept; auxiliary noise set to zero)."""
-    return _common.module(config, "T", x.shape[-1], _common.map_params(config, state, "T"))(x)
+def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    """Map ``T(x, z)`` (EMA parameters when kept; ``z ~ N(0, I)`` from ``rng``, or 0)."""
+    return _common.apply_map(config, state, "T", x, rng)
 
 
 def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:
