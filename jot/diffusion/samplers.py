@@ -10,7 +10,7 @@ static, and a new function object triggers a new trace).
 
 Step grids. Sampling with ``nfe`` model evaluations from step ``start`` down to ``end`` uses
 the uniform grid ``s_k = start + k (end - start) / nfe``, ``k = 0..nfe``; step ``k`` evaluates
-``eps_hat = eps_fn(x_k, s_k)`` and applies the DDIM update (ALGORITHMS.md section 3)
+``eps_hat = eps_fn(x_k, s_k)`` and applies the DDIM update (Song et al. 2021, Eq. 12)
 
     x0_hat  = (x_k - sqrt(1 - a) eps_hat) / sqrt(a),                 a  = alpha_bar(s_k)
     x_{k+1} = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z,   a' = alpha_bar(s_{k+1})
