@@ -234,3 +234,29 @@ def test_recovers_the_closed_form_map_between_anisotropic_gaussians(case, tmp_pa
         uvp_s = _l2_uvp(sy, y, lambda u: x, float(np.trace(s0)))
         print(f"{case}: backward L2-UVP {uvp_s:.3f}%")
         assert uvp_s < 0.4, (case, "backward", uvp_s)
+
+
+def test_noise_maps_sample_z_at_test_time_and_evaluate_with_it(tmp_path):
+    """model.noise_dim > 0: T(x, z) depends on z after training, rng=None is z = 0, and the
+    evaluation (transport.npz, metrics.json) uses z drawn from the seed (eval.map_noise)."""
+    from jot.methods import _ot_eval
+
+    c = _test_config(**{"model.noise_dim": 3, "train.ema": 0.0})
+    c.mesh.data = 1
+    state = loop.train(c, str(tmp_path))
+    x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+    a, b = (np.asarray(diotm.transport(c, state, x, jax.random.PRNGKey(i))) for i in (1, 2))
+    assert np.max(np.abs(a - b)) > 1e-4  # the map uses its noise input
+    zero = np.asarray(diotm.transport(c, state, x))
+    net = _common.module(c, "T", 2, state.params["T"])
+    np.testing.assert_allclose(zero, np.asarray(net(jnp.asarray(x), jnp.zeros((256, 3)))), rtol=1e-6, atol=1e-6)
+    with np.load(tmp_path / "transport.npz") as f:
+        key_t, _ = _ot_eval.noise_keys(c)
+        want = np.asarray(diotm.transport(c, state, jnp.asarray(f["x"]), key_t))
+        np.testing.assert_allclose(f["Tx"], want, rtol=1e-5, atol=1e-5)
+        assert np.max(np.abs(f["Tx"] - np.asarray(diotm.transport(c, state, jnp.asarray(f["x"]))))) > 1e-4
+    c.eval.map_noise = "zero"
+    assert _ot_eval.noise_keys(c) == (None, None)
+    c.eval.map_noise = "random"
+    with pytest.raises(ValueError, match="eval.map_noise='random'"):
+        _ot_eval.noise_keys(c)
