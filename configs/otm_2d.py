@@ -12,4 +12,6 @@ def get_config(preset: str | None = None):
     c = common_2d.base("otm")
     c.loss.regularizer = "none"
     c.loss.k_t = 10  # Rout et al.: several map steps per potential step
+    # moon_spiral keeps the cosine schedule: on the validation seed 0 (benchmarks/toy_2d.py --validate,
+    # 4k iterations) W2 / L2 was 0.57 / 1.82 with cosine and 0.49 / 3.44 with a constant rate.
     return common_2d.apply_preset(c, preset)
