@@ -1,10 +1,11 @@
 """Atomic file output: everything is written to a temporary name beside the target and
-moved into place with ``os.replace``, so a reader never sees a half-written file."""
+moved into place with ``os.replace``, so a reader never sees a half-written file. Files are
+created with mode ``0o666`` minus the process umask, like ``open(path, "w")``."""
 import contextlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,8 +16,13 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path in ``path``'s directory; renames it to ``path`` on success."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
+    while True:
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,10 +53,42 @@ def save_figure(path: str, fig) -> None:
 
 
 def append_jsonl(path: str, record: dict) -> None:
-    """Appends one JSON line (a single ``write`` call, flushed)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+    """Appends one JSON line (a single ``write`` call, flushed). A partial last line left by
+    a crash mid-write (no final newline) is dropped first, so records are never glued."""
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                kept = f.read().rpartition(b"\n")[0]
+                f.truncate(len(kept) + 1 if kept else 0)
+        f.write((json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode())
         f.flush()
+
+
+def trim_jsonl(path: str, max_step: int) -> int:
+    """Keeps the records of a metrics file with ``step <= max_step``; drops later ones, a
+    partial last line and lines that are not JSON records. Rewrites the file atomically, and
+    only when something is dropped; returns the number of lines dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # the last element is b"" or a partial line without its newline
+    kept = []
+    for line in complete:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= max_step:
+            kept.append(line)
+    dropped = len(complete) - len(kept) + (1 if lines[-1] else 0)
+    if dropped:
+        write_bytes(path, b"".join(line + b"\n" for line in kept))
+    return dropped
 
 
 def _jsonable(v):

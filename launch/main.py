@@ -6,6 +6,13 @@
 
 Every config field can be overridden with ``--config.FIELD=VALUE``. Training resumes from
 the workdir's latest checkpoint. The same ``run`` function is what notebooks and tests call.
+
+Exit status: 0 on success; 2 for a user error (a bad flag or config value, a config that
+differs from the workdir's ``config.json``, a locked, missing or unwritable workdir, an
+unreadable checkpoint or input file: one ``error: ...`` message on stderr naming the
+value and the fix, no traceback); 128 + the signal (130 for SIGINT, 143 for SIGTERM) when
+training was interrupted after saving a checkpoint; 1 with a traceback for anything else,
+which is a bug.
 """
 import importlib.util
 import json
@@ -72,29 +79,85 @@ def _unknown_override(argv: list[str], config) -> str | None:
     return None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with a clear message for misspelt ``--config.*`` overrides."""
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_message(error: Exception) -> str:
+    """absl's message for a bad flag, with an embedded traceback cut to its last line."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        head = text.split("\n", 1)[0].rstrip(":")
+        text = f"{head}: {text.splitlines()[-1].strip()}"
+    return text
+
+
+def _load_config(argv: list[str]):
+    """The config named by ``--config=PATH[:PRESET]`` in ``argv``, without overrides (None if absent)."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None:
+        return None
+    path, _, preset = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("_jot_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
+def _expected_type(message: str, argv: list[str]) -> str:
+    """``" (config.a.b holds a T, e.g. V)"`` for the ``--config.a.b`` override named in ``message``."""
+    name = message.split("=", 1)[0].removeprefix("flag ").removeprefix("--")
+    if not name.startswith("config."):
+        return ""
     try:
-        return flags.FLAGS(argv)
+        node = _load_config(argv)
+        for part in name.split(".")[1:]:
+            node = node[part]
+    except Exception:
+        return ""
+    return f" ({name} takes a value of type {type(node).__name__}, e.g. {node!r})"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one clear message (exit status 2) for misspelt ``--config.*``
+    overrides, values of the wrong type, and config files that cannot be loaded."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        message = _flag_message(e).rstrip(".")
+        _fail(f"{message}{_expected_type(message, argv)}. Fix the value on the command line.")
     except (AttributeError, KeyError):
-        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        if config_arg is not None:
-            path, _, preset = config_arg.partition(":")
-            spec = importlib.util.spec_from_file_location("_jot_config", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            message = _unknown_override(argv, module.get_config(preset or None))
+        config = _load_config(argv)
+        if config is not None:
+            message = _unknown_override(argv, config)
             if message:
-                print(f"error: {message}", file=sys.stderr)
-                sys.exit(2)
+                _fail(message)
         raise
+    try:
+        _CONFIG.value.keys()
+    except OSError as e:
+        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        reason = " ".join(line.strip() for line in str(e).splitlines()[-1:])
+        _fail(f"cannot load --config={config_arg}: {reason}. Check the path of the config file (relative to "
+              "the current directory), e.g. --config=configs/diotm_2d.py:g8g.")
+    return rest
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    from jot.errors import UserError
+    from jot.train.loop import Interrupted
+
+    try:
+        metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except UserError as e:
+        _fail(str(e))
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
     print_metrics(metrics, _WORKDIR.value)
 
 

@@ -6,7 +6,9 @@ recursively), ``size`` (side of the square images the model sees), ``channels`` 
 every file must already be ``size x size``), ``num_eval`` (images per domain held out for
 ``eval_data``; the split is a fixed function of the sorted file list).
 
-Pixels are mapped to ``[-1, 1]`` (``x / 127.5 - 1``), arrays are NHWC float32.
+Pixels are mapped to ``[-1, 1]`` (``x / 127.5 - 1``; 16-bit grayscale PNGs ``x / 32767.5 - 1``),
+arrays are NHWC float32. Every file is decoded once when the dataset is built, so a corrupt or
+truncated image stops the run before training, naming the file.
 
 Batches come from a grain ``MapDataset`` of file indices, ``.shuffle(seed).repeat()``, read by
 random access at positions ``step * global_batch + process_index * local_batch + i``: a pure
@@ -15,6 +17,7 @@ function of ``(seed, step, process)``, so a resumed run sees exactly the same ba
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import grain
@@ -23,7 +26,12 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from jot.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+# Pillow's modes for 16-bit grayscale PNGs (0..65535); "I" is what older Pillow versions use.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def index_batch(dataset: grain.MapDataset, step: int, batch_size: int) -> list:
@@ -70,7 +78,16 @@ def prepare(img: Image.Image, *, size: int, channels: int, resize: str, name: st
     """Converts a PIL image to ``(size, size, channels)`` float32 in ``[-1, 1]`` (``name`` for errors)."""
     if channels not in (1, 3):
         raise ValueError(f"config.data.channels={channels}; expected 1 (grayscale) or 3 (RGB).")
-    img = img.convert("L" if channels == 1 else "RGB")
+    sixteen_bit = img.mode in _SIXTEEN_BIT_MODES
+    if sixteen_bit:
+        gray = np.asarray(img, np.float64)
+        if gray.size and (gray.min() < 0 or gray.max() > 65535):
+            raise UserError(
+                f"image {name!r} has integer pixels outside 0..65535 (mode {img.mode}); save it as an 8- or 16-bit PNG."
+            )
+        img = Image.fromarray((gray / 65535.0).astype(np.float32))
+    else:
+        img = img.convert("L" if channels == 1 else "RGB")
     if resize == "crop":
         w, h = img.size
         scale = size / min(w, h)
@@ -85,7 +102,33 @@ def prepare(img: Image.Image, *, size: int, channels: int, resize: str, name: st
             f"image {name!r} is {img.size[0]}x{img.size[1]}; expected {size}x{size} with config.data.resize='none'. "
             "Use resize='crop' to resize and centre-crop."
         )
+    if sixteen_bit:
+        unit = np.clip(np.asarray(img, np.float32), 0.0, 1.0)[..., None]
+        return np.repeat(unit, channels, axis=-1) * 2.0 - 1.0
     return np.asarray(img, np.float32).reshape(size, size, channels) / 127.5 - 1.0
+
+
+def _decode_error(path: str) -> str | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as e:
+        return f"{path} ({type(e).__name__}: {e})"
+    return None
+
+
+def check_readable(paths: list[str], folder: str) -> None:
+    """Decodes every file of ``paths`` (in threads); raises ``UserError`` naming the corrupt or
+    truncated ones."""
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        bad = [e for e in pool.map(_decode_error, paths) if e]
+    if bad:
+        shown = "\n".join(f"  {b}" for b in bad[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise UserError(
+            f"{len(bad)} of {len(paths)} images in folder {folder!r} cannot be decoded (corrupt or truncated):\n"
+            f"{shown}{more}\nRemove or replace these files."
+        )
 
 
 def load_image(path: str, *, size: int, channels: int, resize: str) -> np.ndarray:
@@ -104,6 +147,7 @@ class FolderDataset:
         self._train, self._eval = {}, {}
         for key, folder in (("x", source), ("y", target)):
             paths = list_images(folder)
+            check_readable(paths, folder)
             if len(paths) <= num_eval:
                 raise ValueError(
                     f"folder {folder!r} has {len(paths)} images but config.data.num_eval={num_eval} are held out; "

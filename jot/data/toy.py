@@ -106,39 +106,72 @@ BENCHMARKS: dict[str, tuple[Callable[[], Sampler], Callable[[], Sampler]]] = {
 
 
 def load_points(spec: str, *, role: str) -> np.ndarray:
-    """Reads ``npz:PATH``: the array under key ``x``, or the file's only array, shape ``[n, d]``."""
+    """Reads ``npz:PATH``: the array under key ``x``, or the file's only array, shape ``[n, d]``.
+
+    Raises ``jot.errors.UserError`` naming the file for anything but a real ``.npz`` archive
+    (e.g. an ``.npy`` file renamed) and for points that are not real numbers, are not finite
+    or do not fit in float32 (the dtype the models see)."""
+    from jot.errors import UserError, UserFileNotFoundError
+
     if not isinstance(spec, str) or not spec.startswith("npz:"):
-        raise ValueError(
+        raise UserError(
             f"config.data.{role}={spec!r} is not a point-cloud spec; expected 'npz:/path/to/file.npz' "
             "holding an array of shape [n, d] under key 'x' (or as the file's only array)."
         )
     path = spec[len("npz:"):]
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"config.data.{role}: no file at {path!r}; expected an .npz with an [n, d] array under key 'x' "
             "(np.savez(path, x=points))."
         )
-    with np.load(path, allow_pickle=False) as f:
-        keys = list(f.keys())
-        if "x" in keys:
-            arr = f["x"]
-        elif len(keys) == 1:
-            arr = f[keys[0]]
-        else:
-            raise ValueError(
-                f"{path}: found arrays {keys} but none named 'x'; save the points under key 'x' "
-                "or keep a single array in the file."
-            )
+    how = "save the points with np.savez(path, x=points)"
+    try:
+        f = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise UserError(f"config.data.{role}: {path} is not a readable .npz archive ({e}); {how}.") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise UserError(
+            f"config.data.{role}: {path} is a single .npy array, not an .npz archive; {how} "
+            "(np.save writes .npy, np.savez writes .npz)."
+        )
+    try:
+        with f:
+            keys = list(f.keys())
+            if "x" in keys:
+                arr = f["x"]
+            elif len(keys) == 1:
+                arr = f[keys[0]]
+            else:
+                raise UserError(
+                    f"{path}: found arrays {keys} but none named 'x'; save the points under key 'x' "
+                    "or keep a single array in the file."
+                )
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"config.data.{role}: cannot read the arrays of {path} ({e}); {how}.") from e
     if arr.ndim != 2 or arr.shape[0] < 2:
-        raise ValueError(f"{path}: points must have shape [n, d] with n >= 2, got {arr.shape}.")
+        raise UserError(f"{path}: points must have shape [n, d] with n >= 2, got {arr.shape}.")
+    if np.iscomplexobj(arr):
+        raise UserError(
+            f"{path}: points are complex ({arr.dtype}); expected real numbers. Save the real and imaginary "
+            "parts as separate coordinates if both matter."
+        )
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{path}: points must be numeric, got dtype {arr.dtype}.")
+        raise UserError(f"{path}: points must be numeric, got dtype {arr.dtype}.")
     arr = arr.astype(np.float64)
     bad = ~np.all(np.isfinite(arr), axis=1)
     if bad.any():
-        raise ValueError(
+        raise UserError(
             f"{path}: {int(bad.sum())} of {len(arr)} points contain NaN or inf (first at row "
             f"{int(np.argmax(bad))}); remove or impute them before training."
+        )
+    big = np.any(np.abs(arr) > np.finfo(np.float32).max, axis=1)
+    if big.any():
+        raise UserError(
+            f"{path}: {int(big.sum())} of {len(arr)} points have coordinates beyond the float32 range "
+            f"(|x| > {np.finfo(np.float32).max:.3g}, first at row {int(np.argmax(big))}); they would become inf. "
+            "Rescale the points (e.g. standardise each coordinate) before training."
         )
     return arr
 

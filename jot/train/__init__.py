@@ -1,4 +1,5 @@
 """The generic training loop, mesh/sharding helpers and checkpoints."""
-from jot.train.loop import TrainingDiverged, evaluate, train
+from jot.errors import UserError
+from jot.train.loop import Interrupted, TrainingDiverged, evaluate, train
 
-__all__ = ["TrainingDiverged", "evaluate", "train"]
+__all__ = ["Interrupted", "TrainingDiverged", "UserError", "evaluate", "train"]

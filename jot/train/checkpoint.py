@@ -2,17 +2,24 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 crash mid-save never leaves a half-written checkpoint that a restore would pick up.
+A checkpoint that cannot be restored raises ``jot.errors.UserError``: either it was written
+by a different model (the first differing array is named) or its files are damaged (the
+older steps to fall back to are named, with how).
 """
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from jot.errors import UserError
+
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 2):
+    """Checkpoints in ``directory``; ``create=False`` (reading only) never creates it."""
+
+    def __init__(self, directory: str, *, keep: int = 2, create: bool = False):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -27,11 +34,68 @@ class Checkpointer:
 
     def restore(self, step: int, target):
         """Restores ``step`` into the structure, dtypes and shardings of ``target``
-        (a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` set, e.g. from ``jax.eval_shape``)."""
-        return self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
+        (a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` set, e.g. from ``jax.eval_shape``).
+        Raises ``UserError`` when the checkpoint does not fit ``target`` or cannot be read."""
+        try:
+            return self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
+        except Exception as e:
+            path = os.path.join(self.directory, str(step))
+            mismatch = _first_mismatch(os.path.join(path, "default"), target)
+            if mismatch:
+                raise UserError(
+                    f"checkpoint {path} was written by a different model: {mismatch}. Restore it with the config "
+                    "it was trained with (the workdir's config.json), or train this config in a new --workdir."
+                ) from e
+            older = sorted((s for s in self.all_steps() if s < step), reverse=True)
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            if older:
+                fallback = (
+                    f"Older checkpoints: step {', '.join(map(str, older))}. To resume from step {older[0]}, move the "
+                    f"damaged one out of the checkpoints folder (mv {path} "
+                    f"{os.path.dirname(self.directory)}/damaged-checkpoint-{step}) and re-run."
+                )
+            else:
+                fallback = "There is no older checkpoint; move the workdir aside and train again."
+            raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}). {fallback}") from e
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _name(path) -> str:
+    """``a.b.0.c`` for a pytree key path, the same for dict keys, attributes and indices."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
+
+
+def _first_mismatch(item_dir: str, target) -> str | None:
+    """The first array whose shape or presence differs between the checkpoint's metadata and
+    ``target`` (None when they agree or the metadata cannot be read)."""
+    try:
+        with ocp.StandardCheckpointer() as reader:
+            meta = reader.metadata(item_dir)
+        meta = getattr(meta, "item_metadata", meta)
+        stored = {_name(k): getattr(v, "shape", None) for k, v in jax.tree_util.tree_leaves_with_path(meta)}
+    except Exception:
+        return None
+    if not stored:
+        return None
+    wanted = {_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(target)}
+    for key in sorted(set(stored) | set(wanted)):
+        if key not in stored:
+            return f"it has no array {key}, which this config's model has"
+        if key not in wanted:
+            return f"it has an array {key} that this config's model does not have"
+        if stored[key] is not None and tuple(stored[key]) != wanted[key]:
+            return f"array {key} has shape {tuple(stored[key])} there but {wanted[key]} in this config's model"
+    return None
 
 
 def abstract_with_sharding(abstract, sharding):

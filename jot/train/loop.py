@@ -11,11 +11,29 @@ Resume order (``train`` is idempotent: run it again on the same workdir to conti
 
 A workdir holds ``config.json``, ``metrics.jsonl`` (one JSON line per log step),
 ``checkpoints/`` and, after evaluation, ``metrics.json`` plus the method's artifacts.
+
+Run safety (``train`` and ``evaluate``):
+
+- config ranges are checked before any work (``records.validate_config``);
+- the workdir is locked for the call; a second process on it stops at once
+  (``jot.train.workdir``);
+- ``config.json`` is the record of the run: resuming a workdir that has a checkpoint with a
+  config that differs in a result-changing field is refused with the list of differences;
+  ``evaluate`` uses the record and warns about ignored differences (``jot.train.records``);
+- ``metrics.jsonl`` is trimmed to the restored step, so a crash between a log line and the
+  next checkpoint never leaves repeated steps;
+- SIGINT/SIGTERM let the step in flight finish, save a checkpoint at that step and raise
+  ``Interrupted`` (the previous handlers are restored afterwards; a second SIGINT raises
+  ``KeyboardInterrupt`` at once). A ``KeyboardInterrupt`` raised by code rather than by a
+  signal propagates unchanged and saves nothing beyond the last checkpoint;
+- user mistakes raise ``jot.errors.UserError`` with the value, what was expected and the fix.
 """
 import functools
 import inspect
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -25,12 +43,65 @@ import numpy as np
 
 from jot import data as jot_data
 from jot import io, methods
+from jot.errors import UserError, UserFileNotFoundError
 from jot.train import mesh as mesh_lib
+from jot.train import records
+from jot.train import workdir as workdir_lib
 from jot.train.checkpoint import Checkpointer, abstract_with_sharding
 
 
 class TrainingDiverged(FloatingPointError):
     """Raised when a loss or the parameters stop being finite; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped ``train`` after a completed step, whose checkpoint was saved.
+
+    ``signum`` is the signal, ``step`` the saved step, ``path`` its checkpoint directory and
+    ``exit_code`` the shell convention ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int, path: str):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {path}; re-run the same command to resume")
+        self.signum, self.step, self.path = signum, step, path
+        self.exit_code = 128 + signum
+
+
+class _StopSignals:
+    """Within ``with``: SIGINT and SIGTERM set ``signum`` instead of stopping the process (a
+    second SIGINT raises ``KeyboardInterrupt``); the previous handlers come back on exit.
+    Installs nothing outside the main thread."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+    def requested(self, done: int, every: int) -> bool:
+        """Whether to stop after step ``done``; several processes agree at multiples of ``every``."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if done % every:
+            return False
+        from jax.experimental import multihost_utils
+
+        received = int(np.max(multihost_utils.process_allgather(np.int32(self.signum or 0))))
+        self.signum = self.signum or received or None
+        return bool(received)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return False
 
 
 def batch_counts(method, config) -> dict[str, int] | None:
@@ -81,15 +152,20 @@ def _all_finite(tree) -> jax.Array:
 class Trainer:
     """Holds what ``train`` and ``evaluate`` share: method, dataset, mesh, shardings."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None, *, create: bool = False):
         mesh_lib.initialize_distributed()
         self.config, self.workdir = config, workdir
-        self.method = methods.get(config.method)
+        try:
+            self.method = methods.get(config.method)
+        except ValueError as e:
+            raise UserError(str(e)) from e
         self.dataset = dataset if dataset is not None else jot_data.build(config)
         self.mesh = mesh_lib.make_mesh(config)
         self.counts = batch_counts(self.method, config)
         self.replicated = mesh_lib.replicated(self.mesh)
-        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        self.checkpoints = Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints, create=create
+        )
         self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
 
     def batch(self, step: int) -> dict:
@@ -113,7 +189,7 @@ class Trainer:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    io.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    io.write_json(os.path.join(workdir, records.CONFIG_FILE), json.loads(config.to_json_best_effort()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
@@ -121,18 +197,52 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
 
     Evaluates at the end (and every ``train.eval_every`` steps when > 0), writing
     ``metrics.json``. Raises ``TrainingDiverged`` (naming the step and the last good
-    checkpoint) when the loss or the parameters become NaN/inf.
+    checkpoint) when the loss or the parameters become NaN/inf, ``Interrupted`` after saving
+    a checkpoint on SIGINT/SIGTERM, and ``UserError`` for bad config values, a locked or
+    unwritable workdir, a config that differs from the run's ``config.json`` (when the
+    workdir has a checkpoint; without one the run starts over with this config) and
+    checkpoints that cannot be restored (see the module docstring).
     """
-    os.makedirs(workdir, exist_ok=True)
-    tc = config.train
-    trainer = Trainer(config, workdir, dataset)
+    records.validate_config(config)
+    mesh_lib.initialize_distributed()
     is_main = jax.process_index() == 0
-    if is_main:
-        _write_config(config, workdir)
-    state = trainer.initial_state()
-    start = int(jax.device_get(state.step))
+    workdir_lib.make(workdir)
+    with workdir_lib.lock(workdir, enabled=is_main):
+        return _train(config, workdir, dataset, is_main)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, dataset, is_main: bool):
+    saved = records.read_config(workdir)
+    probe = Checkpointer(os.path.join(workdir, "checkpoints"))
+    has_checkpoint = probe.latest_step() is not None
+    probe.close()
+    if has_checkpoint and saved is not None:
+        records.check_resume(saved, config, workdir)
+    elif has_checkpoint:
+        records.warn(f"{workdir} has checkpoints but no {records.CONFIG_FILE}; resuming without checking that "
+                     "this config is the one they were trained with.")
+    trainer = Trainer(config, workdir, dataset, create=True)
+    try:
+        if is_main:
+            _write_config(config, workdir)
+        state = trainer.initial_state()
+        start = int(jax.device_get(state.step))
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        if is_main:
+            io.trim_jsonl(metrics_path, start)
+        state = _train_steps(config, trainer, state, start, metrics_path, is_main)
+        final = trainer.evaluate(state)
+        if is_main and final:
+            io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
+    finally:
+        trainer.checkpoints.close()
+    return state
+
+
+def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str, is_main: bool):
+    """Steps ``start .. train.steps`` with logging, checkpoints, the NaN guard and signal stops."""
+    tc = config.train
     step_fn = jax.jit(functools.partial(trainer.method.train_step, config), donate_argnums=0)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     last_good = trainer.checkpoints.latest_step()
 
     progress = None
@@ -142,59 +252,79 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
         progress = tqdm(total=tc.steps, initial=start, desc=f"{config.method} {config.data.name}", dynamic_ncols=True)
 
     t0, done_since_log = time.perf_counter(), 0
-    for step in range(start, tc.steps):
-        state, metrics = step_fn(state, trainer.batch(step))
-        done = step + 1
-        done_since_log += 1
-        if done % tc.log_every == 0 or done == tc.steps:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not all(np.isfinite(v) for v in host.values()):
-                bad = sorted(k for k, v in host.items() if not np.isfinite(v))
-                raise TrainingDiverged(
-                    f"non-finite {bad} at step {done}; last good checkpoint: step {last_good} in "
-                    f"{trainer.checkpoints.directory}. Lower the learning rates or raise the regulariser weight."
-                )
-            elapsed = time.perf_counter() - t0
-            record = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
-            if is_main:
-                io.append_jsonl(metrics_path, record)
-            if progress is not None:
-                progress.update(done_since_log)
-                progress.set_postfix({k: f"{v:.3g}" for k, v in host.items() if k.startswith("loss")})
-            t0, done_since_log = time.perf_counter(), 0
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
-            if not bool(_all_finite(state)):
-                raise TrainingDiverged(
-                    f"parameters became non-finite by step {done}; last good checkpoint: step {last_good} in "
-                    f"{trainer.checkpoints.directory}."
-                )
-            trainer.checkpoints.save(done, state)
-            last_good = done
-        if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
-            ev = trainer.method.evaluate(config, state, trainer.dataset.eval_data(), None)
-            if is_main:
-                io.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
-    if progress is not None:
-        progress.close()
-
-    final = trainer.evaluate(state)
-    if is_main and final:
-        io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
-    trainer.checkpoints.close()
+    try:
+        with _StopSignals() as stop:
+            for step in range(start, tc.steps):
+                state, metrics = step_fn(state, trainer.batch(step))
+                done = step + 1
+                done_since_log += 1
+                if done % tc.log_every == 0 or done == tc.steps:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if not all(np.isfinite(v) for v in host.values()):
+                        bad = sorted(k for k, v in host.items() if not np.isfinite(v))
+                        raise TrainingDiverged(
+                            f"non-finite {bad} at step {done}; last good checkpoint: step {last_good} in "
+                            f"{trainer.checkpoints.directory}. Lower the learning rates or raise the regulariser weight."
+                        )
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
+                    if is_main:
+                        io.append_jsonl(metrics_path, record)
+                    if progress is not None:
+                        progress.update(done_since_log)
+                        progress.set_postfix({k: f"{v:.3g}" for k, v in host.items() if k.startswith("loss")})
+                    t0, done_since_log = time.perf_counter(), 0
+                stopping = stop.requested(done, tc.log_every)
+                if done % tc.checkpoint_every == 0 or done == tc.steps or stopping:
+                    if not bool(_all_finite(state)):
+                        raise TrainingDiverged(
+                            f"parameters became non-finite by step {done}; last good checkpoint: step {last_good} in "
+                            f"{trainer.checkpoints.directory}."
+                        )
+                    trainer.checkpoints.save(done, state)
+                    last_good = done
+                if stopping:
+                    raise Interrupted(stop.signum, done, os.path.join(trainer.checkpoints.directory, str(done)))
+                if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
+                    ev = trainer.method.evaluate(config, state, trainer.dataset.eval_data(), None)
+                    if is_main:
+                        io.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+    finally:
+        if progress is not None:
+            progress.close()
     return state
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None) -> dict:
-    """Restores the latest checkpoint of ``workdir`` and evaluates it (writes ``metrics.json``)."""
-    trainer = Trainer(config, workdir, dataset)
-    if trainer.checkpoints.latest_step() is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {trainer.checkpoints.directory}; train first (--mode=train) or point "
-            "--workdir at a finished run."
-        )
-    state = trainer.initial_state()
-    metrics = trainer.evaluate(state)
-    if jax.process_index() == 0:
-        io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
-    trainer.checkpoints.close()
+    """Restores the latest checkpoint of ``workdir`` and evaluates it (writes ``metrics.json``).
+
+    Evaluates with the run's recorded ``config.json`` (its ``eval.*`` and ``mesh.*`` fields
+    come from ``config``); result-changing fields in which ``config`` differs are listed in a
+    warning on stderr and ignored. Raises ``UserFileNotFoundError`` ("no run at ...") and
+    creates nothing when ``workdir`` holds no run, and ``UserError`` when the workdir is
+    locked by a training run.
+    """
+    workdir_lib.require_run(workdir)
+    saved = records.read_config(workdir)
+    if saved is None:
+        records.warn(f"{workdir} has no {records.CONFIG_FILE}; evaluating with the given config.")
+    else:
+        config = records.config_for_evaluate(saved, config, workdir)
+    records.validate_config(config)
+    mesh_lib.initialize_distributed()
+    is_main = jax.process_index() == 0
+    with workdir_lib.lock(workdir, enabled=is_main):
+        trainer = Trainer(config, workdir, dataset)
+        try:
+            if trainer.checkpoints.latest_step() is None:
+                raise UserFileNotFoundError(
+                    f"no checkpoint in {trainer.checkpoints.directory}; train first (--mode=train) or point "
+                    "--workdir at a finished run."
+                )
+            state = trainer.initial_state()
+            metrics = trainer.evaluate(state)
+            if is_main:
+                io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
+        finally:
+            trainer.checkpoints.close()
     return metrics

@@ -10,6 +10,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jot.errors import UserError
+
 
 def initialize_distributed() -> None:
     """Joins a multi-host job when ``JOT_DISTRIBUTED=1`` or ``JAX_COORDINATOR_ADDRESS`` is set
@@ -29,11 +31,11 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
     fsdp = int(config.mesh.get("fsdp", 1))
     data = int(config.mesh.data)
     if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices.")
+        raise UserError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices.")
     if data == -1:
         data = len(devices) // fsdp
     if data < 1 or data * fsdp > len(devices):
-        raise ValueError(
+        raise UserError(
             f"config.mesh.data={config.mesh.data} x fsdp={fsdp} needs {data * fsdp} devices but {len(devices)} "
             "are visible; use -1 for all devices."
         )
@@ -59,7 +61,7 @@ def shard_batch(mesh: Mesh, batch: dict, *, batch_axis: int = 0) -> dict:
         local = np.asarray(local)
         global_n = local.shape[batch_axis] * jax.process_count()
         if global_n % n_data:
-            raise ValueError(
+            raise UserError(
                 f"global batch of {global_n} for {key!r} is not divisible by the {n_data} devices on the "
                 f"'data' mesh axis; set config.train.batch_size to a multiple of {n_data}."
             )

@@ -25,7 +25,7 @@ import json
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import safe_open
 
+from jot.errors import UserError
 from jot.models.sd.sharding import param_shardings
 
 DROPPED: tuple[str, ...] = (r"(^|\.)position_ids$",)
@@ -260,13 +261,37 @@ def _pickle_message(path: Path) -> str:
     )
 
 
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names of a ``*.safetensors.index.json``; each must name a file inside
+    the index's folder (no absolute path, no ``..``)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"{index} is not a safetensors index (expected JSON with a 'weight_map' of tensor name -> shard file): "
+            f"{type(e).__name__}: {e}. Re-save the model with save_pretrained(..., safe_serialization=True)."
+        ) from e
+    for shard in shards:
+        p = PurePosixPath(str(shard).replace("\\", "/"))
+        if not isinstance(shard, str) or p.is_absolute() or ".." in p.parts or PureWindowsPath(str(shard)).drive:
+            raise UserError(
+                f"{index} points to shard {shard!r} outside {index.parent}; an index may only name files inside "
+                "its own folder. Fix the weight_map entries (plain file names such as "
+                "'diffusion_pytorch_model-00001-of-00002.safetensors') or re-save the model."
+            )
+    return shards
+
+
 def find_weights(folder: str | Path, stem: str, *, variant: str | None = None) -> list[Path]:
     """The safetensors file(s) holding ``<folder>/<stem>[.<variant>]``, without reading them.
 
     ``stem`` is ``diffusion_pytorch_model`` (diffusers) or ``model`` (transformers); a
-    sharded checkpoint is found through its ``.safetensors.index.json``.
+    sharded checkpoint is found through its ``.safetensors.index.json``, whose shard names
+    must stay inside ``folder``.
     Raises FileNotFoundError naming the expected file, or ValueError with conversion
-    instructions when only a pickled ``.bin``/``.ckpt``/``.pt`` checkpoint is there.
+    instructions when only a pickled ``.bin``/``.ckpt``/``.pt`` checkpoint is there, or
+    when the index is malformed or names a file outside ``folder``.
     """
     folder = Path(folder)
     base = f"{stem}.{variant}" if variant else stem
@@ -275,7 +300,7 @@ def find_weights(folder: str | Path, stem: str, *, variant: str | None = None) -
     if single.is_file():
         return [single]
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = _index_shards(index)
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} lists shards that are not in {folder}: {missing}.")
