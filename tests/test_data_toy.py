@@ -75,3 +75,27 @@ def test_npz_errors_are_clear(tmp_path):
         data.build(_config("points", source=f"{tmp_path}/a.npz", target=f"npz:{tmp_path}/a.npz"))
     with pytest.raises(ValueError, match="unknown dataset"):
         data.build(_config("g9g"))
+
+
+def test_npz_files_that_are_not_real_float32_points_are_rejected_naming_the_file(tmp_path):
+    from jot.errors import UserError
+
+    rng = np.random.default_rng(0)
+    good = f"npz:{tmp_path}/a.npz"
+    np.savez(tmp_path / "a.npz", x=rng.normal(size=(50, 2)))
+    np.savez(tmp_path / "complex.npz", x=rng.normal(size=(50, 2)) + 1j)
+    huge = rng.normal(size=(50, 2))
+    huge[4, 0] = 1e39
+    np.savez(tmp_path / "huge.npz", x=huge)
+    np.save(tmp_path / "plain.npy", rng.normal(size=(50, 2)))
+    (tmp_path / "plain.npy").rename(tmp_path / "renamed.npz")
+    (tmp_path / "junk.npz").write_bytes(b"\x00junk")
+    cases = {
+        "complex.npz": r"complex.npz: points are complex \(complex128\); expected real numbers",
+        "huge.npz": r"huge.npz: 1 of 50 points have coordinates beyond the float32 range .*first at row 4",
+        "renamed.npz": r"renamed.npz is a single .npy array, not an .npz archive; save the points with np.savez",
+        "junk.npz": r"junk.npz is not a readable .npz archive",
+    }
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            data.build(_config("points", source=f"npz:{tmp_path}/{name}", target=good))

@@ -59,3 +59,29 @@ def test_wrong_batch_shape_or_channels_is_a_clear_error():
         images.check_images(np.zeros((2, 16, 16, 3)), size=16, channels=1)
     with pytest.raises(ValueError, match=r"shape \(2, 32, 32, 1\); expected \(batch, 16, 16, 1\)"):
         images.check_images(np.zeros((2, 32, 32, 1)), size=16, channels=1)
+
+
+def test_sixteen_bit_png_is_scaled_by_65535_not_clipped(tmp_path):
+    pixels = np.array([[0, 16384], [32768, 65535]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode in ("I;16", "I")
+    expected = pixels.astype(np.float32) / 32767.5 - 1.0
+    gray = images.load_image(str(tmp_path / "deep.png"), size=2, channels=1, resize="none")
+    np.testing.assert_allclose(gray[..., 0], expected, atol=1e-6)
+    rgb = images.load_image(str(tmp_path / "deep.png"), size=2, channels=3, resize="none")
+    np.testing.assert_allclose(rgb, np.repeat(expected[..., None], 3, axis=-1), atol=1e-6)
+    Image.fromarray(np.full((6, 4), 32768, np.uint16)).save(tmp_path / "tall.png")
+    cropped = images.load_image(str(tmp_path / "tall.png"), size=4, channels=1, resize="crop")
+    np.testing.assert_allclose(cropped, 0.0, atol=1e-4)
+
+
+def test_corrupt_or_truncated_images_are_named_when_the_dataset_is_built(tmp_path):
+    _write(tmp_path / "a", 6)
+    _write(tmp_path / "b", 6)
+    data = (tmp_path / "a" / "img3.png").read_bytes()
+    (tmp_path / "a" / "img3.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "a" / "img5.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"2 of 6 images in folder '.*a' cannot be decoded") as e:
+        images.build(_config(tmp_path / "a", tmp_path / "b"))
+    assert "img3.png" in str(e.value) and "img5.png" in str(e.value) and "img0.png" not in str(e.value)
