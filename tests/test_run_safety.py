@@ -201,6 +201,9 @@ def test_damaged_latest_checkpoint_names_the_older_steps_and_the_fallback_works(
     assert message.startswith(f"cannot read checkpoint {bad} (")
     assert "Older checkpoints: step 10. To resume from step 10" in message
     assert f"mv {bad} {workdir}/damaged-checkpoint-20" in message
+    out = _cli("--config=configs/diotm_2d.py:test", f"--workdir={workdir}", "--mode=evaluate")
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: cannot read checkpoint {bad} (") and "Traceback" not in out.stderr
     os.rename(bad, os.path.join(workdir, "damaged-checkpoint-20"))
     resumed = loop.train(c, workdir)
     assert int(resumed.step) == 20

@@ -6,10 +6,13 @@ A checkpoint that cannot be restored raises ``jot.errors.UserError``: either it 
 by a different model (the first differing array is named) or its files are damaged (the
 older steps to fall back to are named, with how).
 """
+import contextlib
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from jot.errors import UserError
 
@@ -37,7 +40,8 @@ class Checkpointer:
         (a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` set, e.g. from ``jax.eval_shape``).
         Raises ``UserError`` when the checkpoint does not fit ``target`` or cannot be read."""
         try:
-            return self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
+            with _quiet_closed_loops():
+                return self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
         except Exception as e:
             path = os.path.join(self.directory, str(step))
             mismatch = _first_mismatch(os.path.join(path, "default"), target)
@@ -47,7 +51,8 @@ class Checkpointer:
                     "it was trained with (the workdir's config.json), or train this config in a new --workdir."
                 ) from e
             older = sorted((s for s in self.all_steps() if s < step), reverse=True)
-            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+            reason = reason if len(reason) <= 300 else reason[:300] + "..."
             if older:
                 fallback = (
                     f"Older checkpoints: step {', '.join(map(str, older))}. To resume from step {older[0]}, move the "
@@ -60,6 +65,30 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _DropClosedLoopErrors:
+    """A ``sys.unraisablehook`` that drops the "Event loop is closed" errors which orbax's
+    pending reads report, during and after a restore that fails part-way (possibly as late
+    as interpreter exit); anything else goes to the previous hook."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+            self.previous(unraisable)
+
+
+@contextlib.contextmanager
+def _quiet_closed_loops():
+    """Installs ``_DropClosedLoopErrors``; it stays installed when the block raises."""
+    previous = sys.unraisablehook
+    if not isinstance(previous, _DropClosedLoopErrors):
+        sys.unraisablehook = _DropClosedLoopErrors(previous)
+    yield
+    sys.unraisablehook = previous
 
 
 def _name(path) -> str:
@@ -78,13 +107,17 @@ def _name(path) -> str:
 def _first_mismatch(item_dir: str, target) -> str | None:
     """The first array whose shape or presence differs between the checkpoint's metadata and
     ``target`` (None when they agree or the metadata cannot be read)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
     try:
-        with ocp.StandardCheckpointer() as reader:
+        with ocp.StandardCheckpointer() as reader, _quiet_closed_loops():
             meta = reader.metadata(item_dir)
         meta = getattr(meta, "item_metadata", meta)
         stored = {_name(k): getattr(v, "shape", None) for k, v in jax.tree_util.tree_leaves_with_path(meta)}
     except Exception:
         return None
+    finally:
+        logging.set_verbosity(verbosity)
     if not stored:
         return None
     wanted = {_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(target)}
