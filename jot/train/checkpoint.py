@@ -7,6 +7,7 @@ by a different model (the first differing array is named) or its files are damag
 older steps to fall back to are named, with how).
 """
 import contextlib
+import logging as py_logging
 import os
 import sys
 
@@ -81,13 +82,30 @@ class _DropClosedLoopErrors:
             self.previous(unraisable)
 
 
+class _DropAbandonedReads(py_logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of orbax's reads that a
+    failed restore abandoned (logged whenever they are garbage-collected)."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("Task exception was never retrieved" in message and "orbax" in message)
+
+
+_ABANDONED_READS = _DropAbandonedReads()
+
+
 @contextlib.contextmanager
 def _quiet_closed_loops():
-    """Installs ``_DropClosedLoopErrors``; it stays installed when the block raises."""
+    """Installs ``_DropClosedLoopErrors``; when the block raises, it stays installed and
+    ``_DropAbandonedReads`` is added to the asyncio logger (the failed reads report later)."""
     previous = sys.unraisablehook
     if not isinstance(previous, _DropClosedLoopErrors):
         sys.unraisablehook = _DropClosedLoopErrors(previous)
-    yield
+    try:
+        yield
+    except BaseException:
+        py_logging.getLogger("asyncio").addFilter(_ABANDONED_READS)
+        raise
     sys.unraisablehook = previous
 
 

@@ -98,12 +98,14 @@ def config_changes(saved, given, *, extending: bool = True) -> list[Change]:
                 if b > a and extending:
                     continue
                 why = "a run can be extended by raising train.steps, not shortened" if extending else ""
-            else:
+            elif extending:
                 why = (
                     "with train.lr_schedule='cosine' the learning rate decays over train.steps, so a different "
                     "value changes the rate of every step already taken; only runs with a constant schedule "
                     "can be extended"
                 )
+            else:
+                why = ""
             changes.append(Change(field, a, b, why))
             continue
         changes.append(Change(field, a, b))
