@@ -82,6 +82,9 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     assert "pid" in open(os.path.join(workdir, ".lock")).read()  # the stale record is still there
     state = loop.train(_config(), workdir)
     assert int(state.step) == 20
+    with workdir_lib.lock(workdir):  # evaluate writes into the workdir too: refused while it is held
+        with pytest.raises(workdir_lib.WorkdirLocked, match=f"pid {os.getpid()} on host"):
+            loop.evaluate(_config(), workdir)
 
 
 # 10. the config record
