@@ -13,12 +13,14 @@ model was trained with (it carries the model config); ``:test`` pairs with ``dsm
 Writes ``translate_<method>.{npz,png,json}`` into the workdir (``jot.translate.runner``). The
 full comparison table is ``benchmarks/translate_digits.py``.
 
-OT-ALD's latent map (``translate.ot_map``): ``gaussian`` (default), the closed-form OT map
-between Gaussians fitted (mean + covariance shrunk by ``ot_shrinkage``) to the source and target
-latents of all training images (``num_fit = 0``). It is affine, so each image keeps its own
-latent; the former default ``entropic`` (a softmax average over fitted target latents) pulls
-latents towards *other* images. Measured on the 16x16 benchmark (``runs/dsm_digits16``, 361 test
-images, PSNR to the true thick twin / Frechet distance):
+OT-ALD's latent map (``translate.ot_map``) defaults to ``jot.translate.maps.DEFAULT_LATENT_MAP``
+(``gaussian``: the closed-form OT map between Gaussians fitted, mean + covariance shrunk by
+``ot_shrinkage``, to the source and target latents of all training images, ``num_fit = 0``). It
+is affine, so each image keeps its own latent; the plain entropic map that ``entropic`` used to
+be (a softmax average over fitted target latents) pulled latents towards *other* images. The
+table below was measured with that plain entropic map (``ot_epsilon = 0.01`` of the mean cost),
+before ``entropic`` became the debiased map of ``jot.translate.maps``. 16x16 benchmark
+(``runs/dsm_digits16``, 361 test images, PSNR to the true thick twin / Frechet distance):
 
     NFE  s_end  DDIB          OT-ALD entropic (512, eps .01)   OT-ALD gaussian (all, shrink .05)
       4   999   10.28 / 2.63  9.41 / 2.49                      9.79 / 2.05
@@ -32,11 +34,14 @@ images, PSNR to the true thick twin / Frechet distance):
 
 From NFE 16 on, the latents of this small model are far from Gaussian (the map only cuts latent
 W2 from 1.36 to 1.17 at NFE 16) and DDIB keeps the better PSNR and class accuracy.
-``entropic`` and ``semidiscrete`` remain selectable.
+``entropic`` and ``semidiscrete`` remain selectable. The translate JSON reports the latent
+mismatch on ``num_latent_eval`` held-out images next to its two-sample floor
+(``heldout_*``, ``jot.translate.runner``).
 """
 import ml_collections
 
 from configs import dsm_digits
+from jot.translate import maps
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -48,13 +53,18 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     t.sdedit_start_step = 0.5 * (c.model.num_steps - 1)  # s0 of SDEdit
     t.num_images = 64
     t.num_fit = 0  # training images per domain inverted to fit the OT-ALD map; 0 = all
-    t.ot_map = "gaussian"  # gaussian | entropic | semidiscrete
-    t.ot_epsilon = 0.01  # entropic: fraction of the mean cost; semidiscrete: soft-min temperature
+    t.ot_map = maps.DEFAULT_LATENT_MAP  # gaussian | entropic | semidiscrete
+    # entropic: 0 = eps from ot_neighbours, > 0 = fraction of the mean cost; semidiscrete: soft-min
+    # temperature (0 = maps.SEMIDISCRETE_EPSILON)
+    t.ot_epsilon = 0.0
+    t.ot_neighbours = maps.DEFAULT_NEIGHBOURS  # entropic: effective number of fitted targets averaged
     t.ot_shrinkage = 0.05  # gaussian: covariance shrinkage towards (tr S / d) I (> 0 when num_fit < d)
     t.clip = 1.0  # clip x0_hat to [-1, 1] while sampling (pixels); 0 = off
     t.model_workdir = ""  # workdir of the trained dsm run; "" = the translate workdir
+    t.num_latent_eval = 256  # otald: held-out target images (and half as many sources) for heldout_*; 0 = off
     if preset == "test":
         t.nfe = 4
         t.num_images = 8
         t.num_fit = 64
+        t.num_latent_eval = 16
     return c

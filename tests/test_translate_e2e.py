@@ -20,6 +20,10 @@ from jot.data import digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # the test preset's image size
+HELDOUT_KEYS = [f"{stat}_{tag}" for stat in ("w2sq", "marginal_w2sq", "bures_w2sq", "diag_bures_w2sq")
+                for tag in ("before", "after", "floor")]
+HELDOUT_KEYS += ["var_ratio_mean", "var_ratio_std", "var_ratio_floor_std", "var_ratio_total", "collapse_fraction",
+                 "num_eval"]
 
 
 def _check_outputs(workdir, method, num_images, nfe, source):
@@ -47,7 +51,7 @@ def _check_outputs(workdir, method, num_images, nfe, source):
     metrics = json.load(open(files["json"]))
     keys = {"method", "nfe", "num_images", "seconds_per_image", "frechet", "psnr"}
     if method == "otald":
-        keys |= {"w2sq_before", "w2sq_after", "fit_seconds"}
+        keys |= {"fit_seconds"} | {f"heldout_{k}" for k in HELDOUT_KEYS}
     assert set(metrics) == keys, sorted(metrics)
     assert metrics["method"] == method and metrics["nfe"] == nfe and metrics["num_images"] == num_images
     assert all(np.isfinite(metrics[k]) for k in keys - {"method"})
@@ -96,5 +100,7 @@ def test_train_dsm_then_translate_from_launcher_and_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check_outputs(cli_dir, "otald", 8, 6, source)
     assert "psnr" in proc.stdout and "frechet" in proc.stdout  # the printed metrics table
-    # The latent map brings the fitted source latents closer to the target latents.
-    assert metrics["w2sq_after"] < metrics["w2sq_before"], metrics
+    # Latent statistics on held-out images: the test preset inverts 16 target and 8 source test
+    # images; 8 mapped latents are compared with 8 target latents, next to the other 8.
+    assert metrics["heldout_num_eval"] == 8 and metrics["heldout_w2sq_floor"] > 0, metrics
+    assert "heldout_w2sq_floor" in proc.stdout and "heldout_var_ratio_mean" in proc.stdout

@@ -1,8 +1,11 @@
 """Entropic OT on samples through ott-jax: Sinkhorn couplings and entropic maps.
 
 The ground cost is ott's squared Euclidean ``||x - y||^2``. All functions are jit-able
-(ott runs Sinkhorn iterations in ``lax.while_loop``/``fori_loop``); ``epsilon=None``
-uses ott's default (a fraction of the mean cost).
+(ott runs Sinkhorn iterations in ``lax.while_loop``/``fori_loop``); ``epsilon`` is absolute,
+and ``epsilon=None`` uses ott's default, ``0.05`` times the standard deviation of the cost matrix.
+``entropic_map`` is the plain out-of-sample map, a convex combination of the target samples; in
+high dimension with few samples it collapses onto them or shrinks towards their mean (see
+``jot.translate.maps`` for the latent map built on it and ``jot.metrics.transport`` for the checks).
 """
 from typing import Callable
 

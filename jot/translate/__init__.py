@@ -4,7 +4,8 @@
 - ``ddib``: DDIM-invert with the source model, DDIM-sample with the target model;
 - ``otald``: DDIB with an OT map between the two models' latent distributions;
 - ``prior_ot``: an OT map from N(0, I) to the forward terminal law ``q_S`` (generation);
-- ``maps``: the sample-based OT maps these use; ``run``: the launcher's ``--mode=translate``.
+- ``maps``: the sample-based OT maps these use (``maps.DEFAULT_LATENT_MAP`` by default);
+- ``run``: the launcher's ``--mode=translate``.
 
 Each translator is ``translate(x, rng, *, nfe, ...)``, jitted, with exactly ``nfe`` model calls.
 """

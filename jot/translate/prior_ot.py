@@ -1,9 +1,12 @@
-"""Prior-mismatch OT (papers/prior-mismatch-ot.txt; ALGORITHMS.md section 7).
+"""Prior-mismatch OT (Wang et al., "Solving Prior Distribution Mismatch in Diffusion Models via
+Optimal Transport").
 
 The forward terminal law ``q_S = law(sqrt(a_S) x0 + sqrt(1 - a_S) eps)`` (``a_S = alpha_bar[S-1]``)
 is not N(0, I) when ``a_S > 0`` (SD's scaled-linear schedule: ``a_S ~ 0.0047``), so the reverse
 process starts off its trajectory. Fit an OT map ``M: N(0, I) -> q_S`` from samples
-(``jot.translate.maps``) and start the reverse process at ``M(eps)``.
+(``jot.translate.maps``; ``maps.DEFAULT_LATENT_MAP`` unless ``method`` says otherwise) and start
+the reverse process at ``M(eps)``. ``jot.metrics.transport.held_out`` measures ``M#N(0, I)``
+against ``q_S`` on fresh noise and fresh ``q_S`` samples, next to the two-sample floor.
 
 For Gaussian data ``N(m, s^2 I)``, ``q_S = N(sqrt(a_S) m, (a_S s^2 + 1 - a_S) I)`` and the exact
 map is ``M(e) = sqrt(a_S) m + sqrt(a_S s^2 + 1 - a_S) e``.
@@ -31,15 +34,19 @@ def fit(
     *,
     schedule: Schedule,
     num_noise: int | None = None,
-    method: str = "entropic",
-    epsilon: float = 0.01,
+    method: str = maps.DEFAULT_LATENT_MAP,
+    epsilon: float | None = None,
+    neighbours: float = maps.DEFAULT_NEIGHBOURS,
+    shrinkage: float = 0.1,
 ) -> tuple[Any, jax.Array, jax.Array]:
-    """Fits ``M: N(0, I) -> q_S`` from ``num_noise`` (default ``len(x0)``) Gaussian draws and the
-    terminal samples of the data ``x0``. Returns ``(M, noise, q_S samples)``."""
+    """Fits ``M: N(0, I) -> q_S`` (``maps.fit``) from ``num_noise`` (default ``len(x0)``) Gaussian
+    draws and the terminal samples of the data ``x0``. Returns ``(M, noise, q_S samples)``."""
     k_q, k_n, k_fit = jax.random.split(rng, 3)
     q = terminal_samples(x0, k_q, schedule)
     noise = jax.random.normal(k_n, ((num_noise or x0.shape[0]),) + x0.shape[1:], x0.dtype)
-    return maps.fit(noise, q, method=method, epsilon=epsilon, rng=k_fit), noise, q
+    latent_map = maps.fit(noise, q, method=method, epsilon=epsilon, neighbours=neighbours, shrinkage=shrinkage,
+                          rng=k_fit)
+    return latent_map, noise, q
 
 
 @partial(jax.jit, static_argnames=("nfe", "clip"))
