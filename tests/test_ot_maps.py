@@ -260,3 +260,24 @@ def test_noise_maps_sample_z_at_test_time_and_evaluate_with_it(tmp_path):
     c.eval.map_noise = "random"
     with pytest.raises(ValueError, match="eval.map_noise='random'"):
         _ot_eval.noise_keys(c)
+
+
+@pytest.mark.parametrize("module,field,value,message", [
+    (diotm_2d, "loss.regularizer", "l2", r"regularizer='l2' is not available for diotm; expected one of \['hjb', 'r1', 'otm', 'none'\]"),
+    (otm_2d, "loss.regularizer", "hjb", r"regularizer='hjb' is not available for otm"),
+    (otm_2d, "loss.k_t", 0, r"k_t=0: map updates per potential update must be an integer >= 1"),
+    (diotm_2d, "loss.time_sampler", "normal", r"time_sampler='normal'; expected 'uniform' or 'beta'"),
+    (diotm_2d, "loss.beta_a", -1.0, r"beta_a=-1.0, beta_b=1.0: the Beta time sampler needs both > 0"),
+    (diotm_2d, "eval.map_noise", "random", r"map_noise='random'; expected 'sample'"),
+])
+def test_method_config_errors_come_before_anything_is_written(tmp_path, module, field, value, message):
+    from jot.errors import UserError
+
+    c = module.get_config("test")
+    section, name = field.split(".")
+    c[section][name] = value
+    if name.startswith("beta"):
+        c.loss.time_sampler = "beta"
+    with pytest.raises(UserError, match=message):
+        loop.train(c, str(tmp_path))
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints").exists()

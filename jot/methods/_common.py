@@ -10,6 +10,8 @@ import ml_collections
 import optax
 from flax import nnx, struct
 
+from jot.errors import UserError
+
 
 @struct.dataclass
 class State:
@@ -78,7 +80,7 @@ def optimizer(config: ml_collections.ConfigDict, lr: float, *, updates_per_step:
         total = max(1, int(t.steps) * int(updates_per_step))
         schedule = optax.cosine_decay_schedule(lr, decay_steps=total, alpha=t.lr_final_fraction)
     else:
-        raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}; expected 'constant' or 'cosine'.")
+        raise UserError(f"config.train.lr_schedule={t.lr_schedule!r}; expected 'constant' or 'cosine'.")
     chain = [optax.adam(schedule, b1=t.b1, b2=t.b2)]
     if t.grad_clip:
         chain.insert(0, optax.clip_by_global_norm(t.grad_clip))
@@ -98,8 +100,30 @@ def k_t(config: ml_collections.ConfigDict) -> int:
     """Map updates per potential update, ``loss.k_t`` (>= 1)."""
     k = config.loss.k_t
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"config.loss.k_t={k!r}: map updates per potential update must be an integer >= 1.")
+        raise UserError(f"config.loss.k_t={k!r}: map updates per potential update must be an integer >= 1.")
     return k
+
+
+def check_regularizer(config: ml_collections.ConfigDict, allowed: tuple[str, ...]) -> None:
+    """``loss.regularizer`` is one of ``allowed`` (the method's), and ``loss.reg_weight >= 0``."""
+    reg = config.loss.regularizer
+    if reg not in allowed:
+        raise UserError(f"config.loss.regularizer={reg!r} is not available for {config.method}; expected one of "
+                        f"{list(allowed)} (jot.losses docstrings give each formula).")
+    if reg != "none" and not config.loss.reg_weight >= 0:
+        raise UserError(f"config.loss.reg_weight={config.loss.reg_weight!r}; the regulariser weight must be >= 0.")
+
+
+def check_config(config: ml_collections.ConfigDict, regularizers: tuple[str, ...]) -> None:
+    """The OT methods' fields: ``loss.k_t``, ``loss.regularizer``/``reg_weight``, the time
+    sampler, the schedule and ``eval.map_noise`` (each raises ``UserError`` naming the fix)."""
+    k_t(config)
+    check_regularizer(config, regularizers)
+    sample_times(config, jax.random.PRNGKey(0), 1)
+    optimizer(config, 1.0)
+    if config.eval.get("map_noise", "sample") not in ("sample", "zero"):
+        raise UserError(f"config.eval.map_noise={config.eval.map_noise!r}; expected 'sample' (z ~ N(0, I)) or "
+                        "'zero' (z = 0).")
 
 
 def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> jax.Array:
@@ -108,8 +132,11 @@ def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> j
     if kind == "uniform":
         return jax.random.uniform(rng, (n,))
     if kind == "beta":
+        if not (config.loss.beta_a > 0 and config.loss.beta_b > 0):
+            raise UserError(f"config.loss.beta_a={config.loss.beta_a!r}, beta_b={config.loss.beta_b!r}: the Beta "
+                            "time sampler needs both > 0 (Beta(1, 1) is uniform).")
         return jax.random.beta(rng, config.loss.beta_a, config.loss.beta_b, (n,))
-    raise ValueError(f"config.loss.time_sampler={kind!r}; expected 'uniform' or 'beta'.")
+    raise UserError(f"config.loss.time_sampler={kind!r}; expected 'uniform' or 'beta'.")
 
 
 def noise(config: ml_collections.ConfigDict, rng: jax.Array | None, n: int) -> jax.Array | None:

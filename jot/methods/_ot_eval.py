@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from jot import io
+from jot.errors import UserError
 from jot.ot import exact
 
 
@@ -16,7 +17,7 @@ def noise_keys(config) -> tuple[jax.Array | None, jax.Array | None]:
     ``z = 0``; ``(None, None)`` for deterministic maps."""
     mode = config.eval.get("map_noise", "sample")
     if mode not in ("sample", "zero"):
-        raise ValueError(f"config.eval.map_noise={mode!r}; expected 'sample' (z ~ N(0, I)) or 'zero' (z = 0).")
+        raise UserError(f"config.eval.map_noise={mode!r}; expected 'sample' (z ~ N(0, I)) or 'zero' (z = 0).")
     if not config.model.get("noise_dim", 0) or mode == "zero":
         return None, None
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)

@@ -21,6 +21,10 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
 ``evaluate(config, state, data, workdir) -> dict[str, float]`` (optional, host side)
     Held-out metrics, and any artifacts written atomically under ``workdir``.
 
+``check_config(config)`` (optional)
+    Raises ``jot.errors.UserError`` for method fields out of range; the loop calls it before
+    it writes anything to the workdir.
+
 ``batches_per_step(config) -> int | dict[str, int]`` (optional)
     Host batches the step consumes per key, stacked as ``[count, B, ...]`` and sharded along
     axis 1 (e.g. OTM: ``{"x": k_t + 1, "y": 1}``); an int applies to every key. Without it a

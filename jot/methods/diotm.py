@@ -24,6 +24,11 @@ from jot.methods import _common, _ot_eval
 from jot.methods._common import State
 
 MAPS = ("T", "S")
+REGULARIZERS = ("hjb", "r1", "otm", "none")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    _common.check_config(config, REGULARIZERS)
 
 
 def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:

@@ -19,6 +19,12 @@ from jot import losses
 from jot.methods import _common, _ot_eval
 from jot.methods._common import State
 
+REGULARIZERS = ("r1", "none")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    _common.check_config(config, REGULARIZERS)
+
 
 def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:
     return {"x": _common.k_t(config) + 1, "y": 1}
@@ -44,11 +50,6 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     _, n, dim = xs.shape
     k = _common.k_t(config)
     lc = config.loss
-    if lc.regularizer not in ("r1", "none"):
-        raise ValueError(
-            f"OTM supports loss.regularizer 'r1' or 'none', got {lc.regularizer!r}; "
-            "'hjb' and 'otm' need DIOTM's time-dependent value function (configs/diotm_2d.py)."
-        )
     opt_map, opt_v = _optimizer(config, "T"), _optimizer(config, "v")
     rng = jax.random.fold_in(state.rng, state.step)
     keys = jax.random.split(rng, k + 1)

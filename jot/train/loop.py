@@ -159,6 +159,8 @@ class Trainer:
             self.method = methods.get(config.method)
         except ValueError as e:
             raise UserError(str(e)) from e
+        if hasattr(self.method, "check_config"):
+            self.method.check_config(config)
         self.dataset = dataset if dataset is not None else jot_data.build(config)
         self.mesh = mesh_lib.make_mesh(config)
         self.counts = batch_counts(self.method, config)
