@@ -51,7 +51,7 @@ def main():
     p.add_argument("--epsilon", type=float, default=0.0,
                    help="entropic: fraction of the mean cost (0 = from --neighbours); semidiscrete: temperature")
     p.add_argument("--neighbours", type=float, default=maps.DEFAULT_NEIGHBOURS)
-    p.add_argument("--shrinkage", type=float, default=0.1, help="gaussian map: covariance shrinkage")
+    p.add_argument("--shrinkage", default="auto", help="gaussian map: covariance shrinkage ('auto' = Ledoit-Wolf, or in [0, 1])")
     p.add_argument("--no_model", action="store_true", help="latent statistics only (no trained dsm model needed)")
     p.add_argument("--out", default="benchmarks/results/prior_ot.json")
     args = p.parse_args()

@@ -79,7 +79,7 @@ def main():
     p.add_argument("--ot_neighbours", type=float, default=maps.DEFAULT_NEIGHBOURS,
                    help="entropic map: effective number of fitted targets averaged")
     p.add_argument("--num_test", type=int, default=0, help="test images to translate (0 = all)")
-    p.add_argument("--ot_shrinkage", type=float, default=0.05, help="gaussian map: covariance shrinkage")
+    p.add_argument("--ot_shrinkage", default="auto", help="gaussian map: covariance shrinkage ('auto' = Ledoit-Wolf, or in [0, 1])")
     p.add_argument("--early_end", type=float, default=0.5, help="early end step as a fraction of S-1")
     p.add_argument("--sdedit_start", type=float, default=0.5, help="SDEdit s0 as a fraction of S-1")
     p.add_argument("--out", default="benchmarks/results/translate_digits.json")

@@ -58,7 +58,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # temperature (0 = maps.SEMIDISCRETE_EPSILON)
     t.ot_epsilon = 0.0
     t.ot_neighbours = maps.DEFAULT_NEIGHBOURS  # entropic: effective number of fitted targets averaged
-    t.ot_shrinkage = 0.05  # gaussian: covariance shrinkage towards (tr S / d) I (> 0 when num_fit < d)
+    t.ot_shrinkage = "auto"  # gaussian: covariance shrinkage towards the diagonal; "auto" = Ledoit-Wolf, or a number in [0, 1]
     t.clip = 1.0  # clip x0_hat to [-1, 1] while sampling (pixels); 0 = off
     t.model_workdir = ""  # workdir of the trained dsm run; "" = the translate workdir
     t.num_latent_eval = 256  # otald: held-out target images (and half as many sources) for heldout_*; 0 = off

@@ -184,7 +184,7 @@ def test_gaussian_map_is_the_closed_form_bures_map():
     few = maps.fit(jnp.asarray(rng.standard_normal((8, 32))), jnp.asarray(rng.standard_normal((8, 32))),
                    method="gaussian", shrinkage=0.05)
     assert np.all(np.isfinite(np.asarray(few.a))) and float(jnp.abs(few.a).max()) < 50
-    with pytest.raises(ValueError, match=r"shrinkage=1.5 must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"shrinkage=1.5; expected 'auto' \(Ledoit-Wolf\) or a number in \[0, 1\]"):
         maps.fit(jnp.asarray(x), jnp.asarray(y), method="gaussian", shrinkage=1.5)
 
 
@@ -222,3 +222,31 @@ def test_entropic_latent_map_neither_collapses_nor_shrinks_in_high_dimension(d):
     assert 0.7 < new["var_ratio_mean"] < 1.3 and new["collapse_fraction"] < 0.02, new
     assert 0.97 * new["w2sq_floor"] < new["w2sq_after"] < 1.15 * new["w2sq_floor"], new
     assert new["marginal_w2sq_after"] < min(3 * new["marginal_w2sq_floor"], plain["marginal_w2sq_after"]), (new, plain)
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "rotated"])
+def test_gaussian_latent_map_keeps_held_out_variance_with_ledoit_wolf_shrinkage(kind):
+    """d = 256 from 300 fitted points: with a small fixed shrinkage the Gaussian map inflates the
+    variance of held-out points (S1^{-1/2} amplifies under-sampled directions); the default
+    Ledoit-Wolf shrinkage keeps it at the target's and is far closer to the true map."""
+    rng = np.random.default_rng(0)
+    d, n = 256, 300
+    scales = np.ones(d) if kind == "isotropic" else np.exp(rng.uniform(-1, 1, d))
+    q = np.linalg.qr(rng.standard_normal((d, d)))[0] if kind == "rotated" else np.eye(d)
+    a = q @ np.diag(scales) @ q.T  # the true OT map is x -> 3 + a x (a symmetric positive definite)
+    x = rng.standard_normal((2 * n, d))
+    y = 3.0 + rng.standard_normal((2 * n, d)) @ a
+    held_x, held_y = x[n:], y[n:]
+    results = {}
+    for shrinkage in ("auto", 0.05):
+        m = maps.fit(jnp.asarray(x[:n], jnp.float32), jnp.asarray(y[:n], jnp.float32), method="gaussian",
+                     shrinkage=shrinkage)
+        mz = np.asarray(m(jnp.asarray(held_x, jnp.float32)), np.float64)
+        ratio = float(np.mean(np.var(mz, 0) / np.var(held_y, 0)))
+        err = float(np.mean(np.sum((mz - (3.0 + held_x @ a)) ** 2, -1)) / d)
+        results[shrinkage] = (ratio, err)
+    assert 0.9 < results["auto"][0] < 1.1, results
+    assert results[0.05][0] > 1.8, results  # the fixed shrinkage inflates held-out variance
+    assert results["auto"][1] < 0.3 * results[0.05][1], results
+    with pytest.raises(ValueError, match="shrinkage='lots'; expected 'auto'"):
+        maps.fit(jnp.asarray(x[:n]), jnp.asarray(y[:n]), method="gaussian", shrinkage="lots")

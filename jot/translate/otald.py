@@ -48,7 +48,7 @@ def fit(
     method: str = maps.DEFAULT_LATENT_MAP,
     epsilon: float | None = None,
     neighbours: float = maps.DEFAULT_NEIGHBOURS,
-    shrinkage: float = 0.1,
+    shrinkage: float | str = "auto",
     rng: jax.Array | None = None,
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Steps 1-2: inverts both training sets (``nfe // 2`` calls per image, as at translation

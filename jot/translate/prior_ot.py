@@ -37,7 +37,7 @@ def fit(
     method: str = maps.DEFAULT_LATENT_MAP,
     epsilon: float | None = None,
     neighbours: float = maps.DEFAULT_NEIGHBOURS,
-    shrinkage: float = 0.1,
+    shrinkage: float | str = "auto",
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Fits ``M: N(0, I) -> q_S`` (``maps.fit``) from ``num_noise`` (default ``len(x0)``) Gaussian
     draws and the terminal samples of the data ``x0``. Returns ``(M, noise, q_S samples)``."""

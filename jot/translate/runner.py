@@ -105,7 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             jnp.asarray(_fit_images(trainer.dataset, "y", tc.num_fit)),
             eps_source=eps_a, eps_target=eps_b, end_step=tc.end_step, method=tc.get("ot_map", maps.DEFAULT_LATENT_MAP),
             epsilon=tc.get("ot_epsilon") or None, neighbours=tc.get("ot_neighbours", maps.DEFAULT_NEIGHBOURS),
-            shrinkage=tc.get("ot_shrinkage", 0.1), nfe=tc.nfe, schedule=sched,
+            shrinkage=tc.get("ot_shrinkage", "auto"), nfe=tc.nfe, schedule=sched,
         )
         fit_metrics = {"fit_seconds": time.perf_counter() - t0}
         num_eval = min(int(tc.get("num_latent_eval", 256)), len(eval_data.get("y", ())))
