@@ -392,6 +392,10 @@ def test_evaluate_on_a_mistyped_workdir_creates_nothing(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: no run at '{typo}'")
     assert not os.path.exists(tmp_path / "runz")
+    out = _cli("--config=configs/translate_digits.py:test", f"--workdir={typo}", "--mode=translate")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"error: no checkpoint in {typo}/checkpoints; train a dsm model first")
+    assert not os.path.exists(tmp_path / "runz")
 
 
 def test_sd_index_may_not_point_outside_the_model_folder(tmp_path):

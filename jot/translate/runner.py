@@ -37,6 +37,7 @@ from PIL import Image
 
 from jot import io
 from jot.data.images import check_images
+from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
 from jot.methods import dsm
 from jot.translate import ddib, maps, otald, sdedit
@@ -61,7 +62,8 @@ def _fit_images(dataset, key: str, n: int) -> np.ndarray:
         images = {"x": split.source_train, "y": split.target_train}[key]
         return images if n <= 0 else images[:n]
     if n <= 0:
-        raise ValueError("translate.num_fit <= 0 (all training images) needs a dataset with a `split`.")
+        raise UserError("config.translate.num_fit <= 0 (all training images) needs a dataset with a `split` "
+                        "(the digits); set --config.translate.num_fit to a positive number of images.")
     parts, step = [], 0
     while sum(len(p) for p in parts) < n:
         parts.append(dataset.train_batch(step)[key])
@@ -75,11 +77,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     tc = config.translate
     if tc.method not in METHODS:
-        raise ValueError(f"config.translate.method={tc.method!r}; expected one of {list(METHODS)}.")
+        raise UserError(f"config.translate.method={tc.method!r}; expected one of {list(METHODS)}.")
     model_dir = tc.get("model_workdir") or workdir
     trainer = Trainer(config, model_dir)
     if trainer.checkpoints.latest_step() is None:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no checkpoint in {trainer.checkpoints.directory}; train a dsm model first "
             "(--mode=train) or set --config.translate.model_workdir to a finished dsm run."
         )
