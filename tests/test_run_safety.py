@@ -16,6 +16,7 @@ from jot import data, io
 from jot.errors import UserError
 from jot.train import loop, records
 from jot.train import workdir as workdir_lib
+from datasets_for_tests import InterruptAt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CLI runs: one CPU device (fast steps) and the tests' compilation cache (conftest.py).
@@ -303,26 +304,11 @@ def test_cli_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 # 13. metrics.jsonl and file modes
 
 
-class _CrashAt:
-    """Wraps a dataset and raises KeyboardInterrupt (not a signal) when batch index ``at`` is drawn."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at = inner, at
-
-    def train_batch(self, step):
-        if step == self.at:
-            raise KeyboardInterrupt
-        return self.inner.train_batch(step)
-
-    def eval_data(self):
-        return self.inner.eval_data()
-
-
 def test_resume_trims_metrics_to_the_restored_step(tmp_path):
     c = _config()
     k = loop.batch_counts(loop.methods.get(c.method), c)["x"]
     with pytest.raises(KeyboardInterrupt):
-        loop.train(c, str(tmp_path), dataset=_CrashAt(data.build(c), at=17 * k))
+        loop.train(c, str(tmp_path), dataset=InterruptAt(data.build(c), at=17 * k))
     assert _steps(tmp_path) == [5, 10, 15]  # logged step 15, last checkpoint at 10
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 16, "loss": 0.')  # a crash in the middle of a write

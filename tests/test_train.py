@@ -10,6 +10,7 @@ from configs import diotm_2d, otm_2d
 from jot.data import toy
 from jot.methods import diotm, otm
 from jot.train import loop
+from datasets_for_tests import InterruptAt
 
 
 def _config(module=diotm_2d, **train):
@@ -53,21 +54,6 @@ def test_one_step_on_eight_devices_equals_one_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-class _Interrupting:
-    """Wraps a dataset and raises KeyboardInterrupt when asked for batch ``at``."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at = inner, at
-
-    def train_batch(self, step):
-        if step == self.at:
-            raise KeyboardInterrupt
-        return self.inner.train_batch(step)
-
-    def eval_data(self):
-        return self.inner.eval_data()
-
-
 @pytest.mark.parametrize("module", [diotm_2d, otm_2d])
 def test_interrupt_and_resume_matches_uninterrupted_run(tmp_path, module):
     c = _config(module, steps=12, checkpoint_every=4)
@@ -77,7 +63,7 @@ def test_interrupt_and_resume_matches_uninterrupted_run(tmp_path, module):
     # the source stream of a step is dataset batches step * count + j, count = k_t + 1.
     k = loop.batch_counts(otm if module is otm_2d else diotm, c)["x"]
     with pytest.raises(KeyboardInterrupt):
-        loop.train(c, str(tmp_path / "cut"), dataset=_Interrupting(data.build(c), at=9 * k))
+        loop.train(c, str(tmp_path / "cut"), dataset=InterruptAt(data.build(c), at=9 * k))
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["4", "8"]
     resumed = loop.train(c, str(tmp_path / "cut"))
     assert int(resumed.step) == 12
