@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dsm_digits  # noqa: E402
-from jot import io  # noqa: E402
+from jot import files  # noqa: E402
 from jot.data import digits  # noqa: E402
 from jot.diffusion import schedules  # noqa: E402
 from jot.methods import dsm  # noqa: E402
@@ -97,7 +97,7 @@ def main():
               f"{r['marginal_w2sq_before']:>12.4f}{r['marginal_w2sq_after']:>11.4f}{r['marginal_w2sq_floor']:>11.4f}"
               f"{r['bures_w2sq_after']:>12.4f}{r['bures_w2sq_floor']:>12.4f}"
               f"{r['var_ratio_mean']:>7.3f}+-{r['var_ratio_std']:.2f}{r['var_ratio_total']:>7.3f}")
-    io.write_json(args.out, {"rows": rows, "args": vars(args)})
+    files.write_json(args.out, {"rows": rows, "args": vars(args)})
 
 
 if __name__ == "__main__":

@@ -137,9 +137,9 @@ def main():
     print(f"{'jot (jax.jit)':<22} {jot_rate:>8.1f} {1e3 / jot_rate:>8.2f}")
     print(f"{'PyTorch eager':<22} {torch_rate:>8.1f} {1e3 / torch_rate:>8.2f}")
     print(f"speed-up: {jot_rate / torch_rate:.2f}x")
-    from jot import io
+    from jot import files
 
-    io.write_json(args.out, {"args": vars(args), "jot_it_s": jot_rate, "torch_it_s": torch_rate, "ratio": jot_rate / torch_rate})
+    files.write_json(args.out, {"args": vars(args), "jot_it_s": jot_rate, "torch_it_s": torch_rate, "ratio": jot_rate / torch_rate})
     print(f"wrote {args.out}")
 
 

@@ -183,9 +183,9 @@ def main():
                       f"{mean_std([r['l2_to_ot'] for r in rs]):>14} {floor:>6.2f} {pw:>9.2f} {pl:>9.2f} "
                       f"{sum(r['wall_s'] for r in rs):>7.0f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    from jot import io
+    from jot import files
 
-    io.write_json(out, {"args": vars(args), "rows": rows})
+    files.write_json(out, {"args": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 

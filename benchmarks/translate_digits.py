@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dsm_digits  # noqa: E402
-from jot import io  # noqa: E402
+from jot import files  # noqa: E402
 from jot.data import digits  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, image  # noqa: E402
@@ -160,7 +160,7 @@ def main():
                   f"{h['collapse_fraction']:>6.2f}")
         print(f"{r['method']:<14}{r['nfe']:>4}{r['psnr']:>8.2f}{r['accuracy']:>7.3f}{r['frechet']:>9.4f}"
               f"{1e3 * r['seconds_per_image']:>8.2f}{w2}")
-    io.write_json(args.out, {"reference": reference, "rows": rows, "args": vars(args),
+    files.write_json(args.out, {"reference": reference, "rows": rows, "args": vars(args),
                              "devices": str(jax.devices())})
 
 

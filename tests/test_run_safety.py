@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import diotm_2d
-from jot import data, io
+from jot import data, files
 from jot.errors import UserError
 from jot.train import loop, records
 from jot.train import workdir as workdir_lib
@@ -199,8 +199,8 @@ def test_damaged_latest_checkpoint_names_the_older_steps_and_the_fallback_works(
     workdir = str(tmp_path)
     c = _config()
     full = loop.train(c, workdir)
-    for root, _, files in os.walk(tmp_path / "checkpoints" / "20"):
-        for f in files if os.path.basename(root) == "d" else ():  # the array data files
+    for root, _, names in os.walk(tmp_path / "checkpoints" / "20"):
+        for f in names if os.path.basename(root) == "d" else ():  # the array data files
             path = os.path.join(root, f)
             os.truncate(path, os.path.getsize(path) // 2)
     bad = os.path.join(workdir, "checkpoints", "20")
@@ -320,29 +320,29 @@ def test_resume_trims_metrics_to_the_restored_step(tmp_path):
 
 def test_append_jsonl_never_glues_onto_a_partial_line(tmp_path):
     path = str(tmp_path / "m.jsonl")
-    io.append_jsonl(path, {"step": 1})
+    files.append_jsonl(path, {"step": 1})
     with open(path, "a") as f:
         f.write('{"step": 2, "lo')
-    io.append_jsonl(path, {"step": 3})
+    files.append_jsonl(path, {"step": 3})
     assert open(path).read() == '{"step": 1}\n{"step": 3}\n'
     open(path, "w").write('{"step": 9')
-    io.append_jsonl(path, {"step": 4})
+    files.append_jsonl(path, {"step": 4})
     assert open(path).read() == '{"step": 4}\n'
-    assert io.trim_jsonl(path, 3) == 1 and open(path).read() == ""
+    assert files.trim_jsonl(path, 3) == 1 and open(path).read() == ""
 
 
 def test_output_files_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         loop.train(_config(steps=5, checkpoint_every=5), str(tmp_path))
-        io.write_json(str(tmp_path / "a.json"), {"a": 1})
+        files.write_json(str(tmp_path / "a.json"), {"a": 1})
     finally:
         os.umask(old)
     for name in ("config.json", "metrics.json", "metrics.jsonl", "transport.png", "transport.npz", "a.json"):
         assert oct(os.stat(tmp_path / name).st_mode & 0o777) == oct(0o644), name
     old = os.umask(0o077)
     try:
-        io.write_bytes(str(tmp_path / "private"), b"x")
+        files.write_bytes(str(tmp_path / "private"), b"x")
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "private").st_mode & 0o777 == 0o600

@@ -6,7 +6,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jot import io
+from jot import files
 from jot.errors import UserError
 from jot.ot import exact
 
@@ -47,7 +47,7 @@ def evaluate(config, state, data: dict, workdir: str | None, transport: Callable
     if not np.all(np.isfinite(tx)):
         metrics = {k: (float("nan") if k != "n_eval" else v) for k, v in metrics.items()}
     if workdir:
-        io.savez(os.path.join(workdir, "transport.npz"), **arrays)
+        files.savez(os.path.join(workdir, "transport.npz"), **arrays)
         if x.shape[1] >= 2:
             plot(os.path.join(workdir, "transport.png"), x, tx, y, title=f"{config.method} on {config.data.name}",
                  metrics=metrics, n_paths=config.eval.paths)
@@ -72,5 +72,5 @@ def plot(path: str, x: np.ndarray, tx: np.ndarray, y: np.ndarray, *, title: str,
     ax.set_title(f"{title}\n{stats}", fontsize=9)
     ax.legend(loc="upper right", fontsize=7, markerscale=3)
     ax.set_aspect("equal")
-    io.save_figure(path, fig)
+    files.save_figure(path, fig)
     plt.close(fig)

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from jot import data as jot_data
-from jot import io, methods
+from jot import files, methods
 from jot.errors import UserError, UserFileNotFoundError
 from jot.train import mesh as mesh_lib
 from jot.train import records
@@ -191,7 +191,7 @@ class Trainer:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    io.write_json(os.path.join(workdir, records.CONFIG_FILE), json.loads(config.to_json_best_effort()))
+    files.write_json(os.path.join(workdir, records.CONFIG_FILE), json.loads(config.to_json_best_effort()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
@@ -231,11 +231,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset, is_main: bo
         start = int(jax.device_get(state.step))
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         if is_main:
-            io.trim_jsonl(metrics_path, start)
+            files.trim_jsonl(metrics_path, start)
         state = _train_steps(config, trainer, state, start, metrics_path, is_main)
         final = trainer.evaluate(state)
         if is_main and final:
-            io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
+            files.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
     finally:
         trainer.checkpoints.close()
     return state
@@ -271,7 +271,7 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
                     elapsed = time.perf_counter() - t0
                     record = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
                     if is_main:
-                        io.append_jsonl(metrics_path, record)
+                        files.append_jsonl(metrics_path, record)
                     if progress is not None:
                         progress.update(done_since_log)
                         progress.set_postfix({k: f"{v:.3g}" for k, v in host.items() if k.startswith("loss")})
@@ -290,7 +290,7 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
                 if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
                     ev = trainer.method.evaluate(config, state, trainer.dataset.eval_data(), None)
                     if is_main:
-                        io.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+                        files.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
     finally:
         if progress is not None:
             progress.close()
@@ -326,7 +326,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None) -
             state = trainer.initial_state()
             metrics = trainer.evaluate(state)
             if is_main:
-                io.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
+                files.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
         finally:
             trainer.checkpoints.close()
     return metrics

@@ -25,7 +25,7 @@ dataset's ``eval_data()`` and runs ``translate.method`` (``sdedit`` | ``ddib`` |
 """
 from __future__ import annotations
 
-import io as _io
+import io
 import os
 import time
 
@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jot import io
+from jot import files
 from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
@@ -49,7 +49,7 @@ def grid_png(rows: list[np.ndarray]) -> bytes:
     """PNG bytes of images ``[-1, 1]`` (each row ``[n, H, W, C]``) tiled row by row."""
     tiles = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     tiles = np.clip((tiles + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(tiles[..., 0] if tiles.shape[-1] == 1 else tiles).save(buf, format="PNG")
     return buf.getvalue()
 
@@ -133,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics["psnr"] = float(np.mean(image.psnr(y_hat, eval_data["y"][: len(x)])))
     if jax.process_index() == 0:
         extra = {k: np.asarray(eval_data[k][: len(x)]) for k in ("y", "label") if k in eval_data}
-        io.savez(os.path.join(workdir, f"translate_{tc.method}.npz"), x=x, translated=y_hat, **extra)
-        io.write_bytes(os.path.join(workdir, f"translate_{tc.method}.png"), grid_png([x[:16], y_hat[:16]]))
-        io.write_json(os.path.join(workdir, f"translate_{tc.method}.json"), metrics)
+        files.savez(os.path.join(workdir, f"translate_{tc.method}.npz"), x=x, translated=y_hat, **extra)
+        files.write_bytes(os.path.join(workdir, f"translate_{tc.method}.png"), grid_png([x[:16], y_hat[:16]]))
+        files.write_json(os.path.join(workdir, f"translate_{tc.method}.json"), metrics)
     return metrics
