@@ -26,9 +26,10 @@ def jot_step_rate(batch: int, iters: int, repeats: int) -> float:
 
     c = diotm_2d.get_config("g8g")
     c.train.batch_size = batch
+    counts = diotm.batches_per_step(c)  # a value step on batch 0, then k_t map steps on batches 1..k_t
     rng = np.random.default_rng(0)
-    b = {"x": jax.numpy.asarray(rng.normal(size=(1, batch, 2)), jax.numpy.float32),
-         "y": jax.numpy.asarray(rng.normal(size=(1, batch, 2)) * 3, jax.numpy.float32)}
+    b = {"x": jax.numpy.asarray(rng.normal(size=(counts["x"], batch, 2)), jax.numpy.float32),
+         "y": jax.numpy.asarray(rng.normal(size=(counts["y"], batch, 2)) * 3, jax.numpy.float32)}
     state = jax.jit(functools.partial(diotm.init, c))(jax.random.PRNGKey(0), b)
     step = jax.jit(functools.partial(diotm.train_step, c), donate_argnums=0)
     state, _ = step(state, b)

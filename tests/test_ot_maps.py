@@ -281,3 +281,11 @@ def test_method_config_errors_come_before_anything_is_written(tmp_path, module, 
     with pytest.raises(UserError, match=message):
         loop.train(c, str(tmp_path))
     assert not (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_wrongly_stacked_batch_is_refused():
+    """One stacked batch for DIOTM (which needs k_t + 1) would silently skip every map update."""
+    c = _test_config()
+    state, batch = _first_state(diotm, c)
+    with pytest.raises(ValueError, match=r"batch\['x'\] stacks 1 batches but this step consumes 2"):
+        diotm.train_step(c, state, {k: v[:1] for k, v in batch.items()})

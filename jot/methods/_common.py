@@ -93,7 +93,8 @@ def apply_grads(tx: optax.GradientTransformation, params, opt_state, grads):
 
 
 def ema_update(ema, params, decay: float):
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    """``decay * ema + (1 - decay) * params``, leaf by leaf."""
+    return optax.incremental_update(new_tensors=params, old_tensors=ema, step_size=1.0 - decay)
 
 
 def k_t(config: ml_collections.ConfigDict) -> int:
@@ -164,9 +165,16 @@ def map_params(config: ml_collections.ConfigDict, state: State, name: str) -> An
     return state.ema[name] if config.train.ema else state.params[name]
 
 
-def stacked(batch: dict, key: str) -> jax.Array:
-    """The ``[K, B, ...]`` stack of ``K`` host batches for ``key`` (see ``batches_per_step``)."""
+def stacked(batch: dict, key: str, count: int | None = None) -> jax.Array:
+    """The ``[K, B, ...]`` stack of ``K`` host batches for ``key`` (see ``batches_per_step``);
+    with ``count`` the stack must hold exactly that many."""
     a = batch[key]
     if a.ndim < 3:
         raise ValueError(f"batch[{key!r}] must be stacked as [K, B, d], got shape {a.shape}.")
+    if count is not None and a.shape[0] != count:
+        raise ValueError(
+            f"batch[{key!r}] stacks {a.shape[0]} batches but this step consumes {count} (batches_per_step; "
+            "the potential step takes batch 0, the map steps batches 1..k_t); build it with "
+            "jot.train.loop.batch_counts or pass that many."
+        )
     return a

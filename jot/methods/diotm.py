@@ -52,7 +52,8 @@ def _optimizer(config: ml_collections.ConfigDict, name: str):
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
-    xs, ys = _common.stacked(batch, "x"), _common.stacked(batch, "y")
+    counts = batches_per_step(config)
+    xs, ys = _common.stacked(batch, "x", counts["x"]), _common.stacked(batch, "y", counts["y"])
     _, n, dim = xs.shape
     k = _common.k_t(config)
     lc = config.loss

@@ -46,7 +46,8 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> Stat
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
-    xs, ys = _common.stacked(batch, "x"), _common.stacked(batch, "y")
+    counts = batches_per_step(config)
+    xs, ys = _common.stacked(batch, "x", counts["x"]), _common.stacked(batch, "y", counts["y"])
     _, n, dim = xs.shape
     k = _common.k_t(config)
     lc = config.loss
