@@ -20,6 +20,7 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 
 from jot.diffusion import schedules
@@ -103,12 +104,8 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     tx = _common.optimizer(config, config.train.lr)
     params, opt_state = _common.apply_grads(tx, state.params["eps"], state.opt_state["eps"], grads)
     ema = {"eps": _common.ema_update(state.ema["eps"], params, config.train.ema)} if config.train.ema else {}
-    metrics = {"loss": loss, "grad_norm": _global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params={"eps": params}, opt_state={"eps": opt_state}, ema=ema), metrics
-
-
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
 
 def eps_model(
