@@ -25,6 +25,10 @@ model is never queried at ``s = -1`` (where ``eps`` is undefined) and its evalua
 exactly those of the sampler on the same grid. Invert-then-sample is exact up to
 ``O(max_k |Delta sigma_k|)`` with ``sigma = sqrt((1 - a) / a)``.
 
+Invert-then-sample (the core of DDIB and OT-ALD, ``jot.translate.ddib`` / ``jot.translate.otald``)
+inverts with one model up to an end step, optionally maps the latents, and samples back down
+with another model: ``nfe // 2`` inversion calls and ``nfe - nfe // 2`` sampling calls.
+
 NFE accounting: every function here makes exactly ``nfe`` calls of ``eps_fn`` (one per scan
 iteration) and nothing else calls the model.
 """
@@ -194,3 +198,44 @@ def ddim_invert(
     check_nfe(nfe)
     end = _default_start(schedule, end)
     return _invert(as_pytree_fn(eps_fn), schedule, x, cond, start, end, nfe=nfe)
+
+
+def split_nfe(nfe: int) -> tuple[int, int]:
+    """``(inversion, sampling)`` model calls for an invert-then-sample budget of ``nfe`` (>= 2)."""
+    check_nfe(nfe, minimum=2)
+    return nfe // 2, nfe - nfe // 2
+
+
+@partial(jax.jit, static_argnames=("nfe", "clip"))
+def _invert_then_sample(x, eps_source, eps_target, schedule, end, latent_map, *, nfe, clip):
+    n_inv, n_gen = split_nfe(nfe)
+    z = ddim_invert(eps_source, x, schedule=schedule, nfe=n_inv, end=end)
+    if latent_map is not None:
+        z = latent_map(z)
+    return ddim_sample(eps_target, z, schedule=schedule, nfe=n_gen, start=end, clip=clip)
+
+
+def invert_then_sample(
+    eps_source: EpsFn,
+    eps_target: EpsFn,
+    x: jax.Array,
+    *,
+    schedule: Schedule,
+    nfe: int,
+    end: float | None = None,
+    latent_map: Callable[[jax.Array], jax.Array] | None = None,
+    clip: float | None = None,
+) -> jax.Array:
+    """DDIM-inverts ``x`` with ``eps_source`` from clean data up to step ``end`` (default ``S-1``),
+    applies ``latent_map`` to the latents if given, and DDIM-samples them back to clean data
+    with ``eps_target``.
+
+    Makes exactly ``nfe`` model calls in total (``split_nfe``); deterministic. ``latent_map`` is
+    passed to ``jax.jit`` like the models (``as_pytree_fn``); ``clip`` as in ``ddim_sample``.
+    """
+    split_nfe(nfe)
+    end = _default_start(schedule, end)
+    latent_map = None if latent_map is None else as_pytree_fn(latent_map)
+    return _invert_then_sample(
+        x, as_pytree_fn(eps_source), as_pytree_fn(eps_target), schedule, end, latent_map, nfe=nfe, clip=clip
+    )

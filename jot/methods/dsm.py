@@ -10,7 +10,7 @@ or uniformly over the integers; ``eps ~ N(0, I)``; one Adam step on the (optiona
 min-SNR-weighted) loss; ``ema <- d ema + (1 - d) params``.
 
 ``transport`` translates source-domain (label 0) images to the target domain (label 1) with
-DDIB (``jot.translate.ddib``) using the EMA parameters.
+DDIB (``jot.diffusion.samplers.invert_then_sample``) using the EMA parameters.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jot.diffusion import schedules
+from jot.diffusion import samplers, schedules
 from jot.losses import denoising
 from jot.methods import _common
 from jot.methods._common import State
@@ -123,13 +123,10 @@ def eps_model(
 
 def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
     """DDIB translation of label-0 images ``x`` to label 1 with ``config.translate`` (``nfe``, ``end_step``)."""
-    from jot.translate import ddib
-
     shape = x.shape[1:]
-    return ddib.translate(
-        x, None, nfe=config.translate.nfe, schedule=schedule(config),
-        eps_source=eps_model(config, state, shape, label=0), eps_target=eps_model(config, state, shape, label=1),
-        end_step=config.translate.end_step,
+    return samplers.invert_then_sample(
+        eps_model(config, state, shape, label=0), eps_model(config, state, shape, label=1), x,
+        schedule=schedule(config), nfe=config.translate.nfe, end=config.translate.end_step,
     )
 
 

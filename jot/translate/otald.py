@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jot.diffusion import samplers
 from jot.diffusion.schedules import Schedule
 from jot.metrics import transport
-from jot.translate import ddib, maps
+from jot.translate import maps
 
 
 def invert(
@@ -53,7 +53,7 @@ def fit(
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Steps 1-2: inverts both training sets (``nfe // 2`` calls per image, as at translation
     time) and fits ``M: Z_A -> Z_B`` (``maps.fit``). Returns ``(M, Z_A, Z_B)``."""
-    n_inv, _ = ddib.split_nfe(nfe)
+    n_inv, _ = samplers.split_nfe(nfe)
     z_a = invert(x_source, eps_fn=eps_source, schedule=schedule, nfe=n_inv, end_step=end_step)
     z_b = invert(x_target, eps_fn=eps_target, schedule=schedule, nfe=n_inv, end_step=end_step)
     latent_map = maps.fit(z_a, z_b, method=method, epsilon=epsilon, neighbours=neighbours, shrinkage=shrinkage,
@@ -78,7 +78,7 @@ def latent_report(
     source=Z_A', fitted_target=z_target_fit)`` (per-coordinate ``W2^2`` before / after / floor,
     marginal and Bures ``W2^2``, variance ratio, collapse fraction). ``x_source[i]`` and
     ``x_target[i]`` may be twins; ``x_target`` needs at least twice as many images as are compared."""
-    n_inv, _ = ddib.split_nfe(nfe)
+    n_inv, _ = samplers.split_nfe(nfe)
     z_a = invert(x_source, eps_fn=eps_source, schedule=schedule, nfe=n_inv, end_step=end_step)
     z_b = invert(x_target, eps_fn=eps_target, schedule=schedule, nfe=n_inv, end_step=end_step)
     return transport.held_out(latent_map(z_a), z_b, source=z_a, fitted_target=z_target_fit)
@@ -98,8 +98,6 @@ def translate(
 ) -> jax.Array:
     """Step 3 with ``nfe`` model calls in total (deterministic; ``rng`` unused; ``clip`` as in DDIB)."""
     del rng
-    ddib.split_nfe(nfe)
-    return ddib._translate(
-        x, samplers.as_pytree_fn(eps_source), samplers.as_pytree_fn(eps_target), schedule, end_step,
-        samplers.as_pytree_fn(latent_map), nfe=nfe, clip=clip,
+    return samplers.invert_then_sample(
+        eps_source, eps_target, x, schedule=schedule, nfe=nfe, end=end_step, latent_map=latent_map, clip=clip
     )
