@@ -32,8 +32,6 @@ GROUND = ("jot", "jot.errors", "jot.files")
 KNOWN_UPWARD = {
     # The generic loop looks the method module up by name (``methods.get(config.method)``).
     ("jot.train.loop", "jot.methods"),
-    # The translate runner takes its schedule and eps models from ``dsm`` by name.
-    ("jot.translate.runner", "jot.methods"),
     # ``held_out`` computes exact W2 through ``jot.ot.exact``.
     ("jot.metrics.transport", "jot.ot"),
 }

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jot.diffusion import analytic, schedules
+from jot.errors import UserError
 from jot.ot import exact, semidiscrete
 from jot.translate import ddib, maps, otald, prior_ot, sdedit
 
@@ -157,6 +158,11 @@ def test_translate_run_without_a_trained_model_is_a_clear_error(tmp_path):
     config.translate.method = "cyclegan"
     with pytest.raises(ValueError, match=r"translate.method='cyclegan'; expected one of \['sdedit', 'ddib', 'otald'\]"):
         translate.run(config, str(tmp_path))
+    config.translate.method = "ddib"
+    config.method = "otm"
+    with pytest.raises(UserError, match=r"config.method='otm' is not a diffusion method"):
+        translate.run(config, str(tmp_path / "otm"))
+    assert not (tmp_path / "otm").exists()
 
 
 def test_gaussian_map_is_the_closed_form_bures_map():

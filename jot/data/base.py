@@ -13,6 +13,10 @@ A dataset is an object with
 ``eval_data() -> dict[str, np.ndarray]``
     Held-out arrays for evaluation (same keys), fixed for the dataset's seed.
 
+``paired: bool`` (optional attribute, default ``False``)
+    ``True`` when ``eval_data()["y"][i]`` is the true target of ``eval_data()["x"][i]`` (the
+    digits' twins), so per-image scores against it (PSNR) are meaningful.
+
 Batches are host-local numpy arrays; the loop shards them over the mesh's ``data`` axis
 (``jax.make_array_from_process_local_data``).
 """

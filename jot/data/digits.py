@@ -69,6 +69,8 @@ def split(size: int = 32, thickness: float = 1.0, split_seed: int = 0,
 class DigitsDataset:
     """Unpaired thin/thick batches over a ``DigitsSplit`` (see the module docstring)."""
 
+    paired = True  # eval_data()["y"][i] is the thick twin of eval_data()["x"][i]
+
     def __init__(self, data: DigitsSplit, *, batch_size: int, seed: int):
         self.split, self.batch_size = data, batch_size
         self._x = shuffled_indices(len(data.source_train), seed)

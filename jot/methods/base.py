@@ -29,6 +29,11 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
     Host batches the step consumes per key, stacked as ``[count, B, ...]`` and sharded along
     axis 1 (e.g. OTM: ``{"x": k_t + 1, "y": 1}``); an int applies to every key. Without it a
     step takes one unstacked batch.
+
+``schedule(config)`` and ``eps_model(config, state, image_shape, *, label)`` (diffusion methods)
+    The noise schedule and the trained noise predictor ``eps_fn(x, s, cond)`` of domain
+    ``label`` (EMA parameters when the method keeps them); ``jot.translate.runner`` translates
+    with any method that has both.
 """
 from typing import Any, Protocol
 

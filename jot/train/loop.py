@@ -149,16 +149,21 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def get_method(config: ml_collections.ConfigDict):
+    """The ``jot.methods`` module named by ``config.method``; an unknown name is a ``UserError``."""
+    try:
+        return methods.get(config.method)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
 class Trainer:
     """Holds what ``train`` and ``evaluate`` share: method, dataset, mesh, shardings."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None, *, create: bool = False):
         mesh_lib.initialize_distributed()
         self.config, self.workdir = config, workdir
-        try:
-            self.method = methods.get(config.method)
-        except ValueError as e:
-            raise UserError(str(e)) from e
+        self.method = get_method(config)
         if hasattr(self.method, "check_config"):
             self.method.check_config(config)
         self.dataset = dataset if dataset is not None else jot_data.build(config)

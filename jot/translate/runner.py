@@ -1,6 +1,8 @@
-"""``launch.main --mode=translate``: translate held-out source images with a trained ``dsm`` model.
+"""``launch.main --mode=translate``: translate held-out source images with a trained diffusion model.
 
-Reads the latest checkpoint of the ``dsm`` training run in ``config.translate.model_workdir``
+The model is the one of ``config.method``, which must provide the diffusion hooks ``schedule``
+and ``eps_model`` (``jot.methods.base``; ``dsm`` does). Reads the latest checkpoint of that
+training run in ``config.translate.model_workdir``
 (default: the workdir itself), takes the first ``translate.num_images`` source images of the
 dataset's ``eval_data()`` and runs ``translate.method`` (``sdedit`` | ``ddib`` | ``otald``) with
 ``translate.nfe`` model calls per image. Writes, atomically, into the workdir:
@@ -39,7 +41,6 @@ from jot import files
 from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
-from jot.methods import dsm
 from jot.translate import ddib, maps, otald, sdedit
 
 METHODS = ("sdedit", "ddib", "otald")
@@ -73,11 +74,15 @@ def _fit_images(dataset, key: str, n: int) -> np.ndarray:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Translates with the model in ``translate.model_workdir`` (see the module docstring)."""
-    from jot.train.loop import Trainer
+    from jot.train.loop import Trainer, get_method
 
     tc = config.translate
     if tc.method not in METHODS:
         raise UserError(f"config.translate.method={tc.method!r}; expected one of {list(METHODS)}.")
+    method = get_method(config)
+    if not (hasattr(method, "schedule") and hasattr(method, "eps_model")):
+        raise UserError(f"config.method={config.method!r} is not a diffusion method (it has no schedule and "
+                        "eps_model to translate with); train and translate with e.g. dsm.")
     model_dir = tc.get("model_workdir") or workdir
     trainer = Trainer(config, model_dir)
     if trainer.checkpoints.latest_step() is None:
@@ -91,8 +96,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     size = config.data.size
     check_images(x, size=size, channels=x.shape[-1], what="source images")
     shape = x.shape[1:]
-    sched = dsm.schedule(config)
-    eps_a, eps_b = (dsm.eps_model(config, state, shape, label=i) for i in (0, 1))
+    sched = method.schedule(config)
+    eps_a, eps_b = (method.eps_model(config, state, shape, label=i) for i in (0, 1))
     rng = jax.random.PRNGKey(config.seed)
 
     common = dict(nfe=tc.nfe, schedule=sched, clip=tc.get("clip") or None)
@@ -129,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics.update(fit_metrics)
     if "y" in eval_data and len(eval_data["y"]) >= 2:
         metrics["frechet"] = frechet.frechet_distance(y_hat, np.asarray(eval_data["y"]))
-    if config.data.name == "digits":
+    if getattr(trainer.dataset, "paired", False):
         metrics["psnr"] = float(np.mean(image.psnr(y_hat, eval_data["y"][: len(x)])))
     if jax.process_index() == 0:
         extra = {k: np.asarray(eval_data[k][: len(x)]) for k in ("y", "label") if k in eval_data}
