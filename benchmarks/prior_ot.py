@@ -4,7 +4,7 @@
 
 For the ``linear`` and SD ``scaled_linear`` schedules, on the thick digits of the dsm model's
 resolution: the OT map ``M: N(0, I) -> q_S`` (``--ot_map``, default
-``jot.translate.maps.DEFAULT_LATENT_MAP``) is fit on ``--num_fit`` noise draws and terminal
+``jot.ot.maps.DEFAULT_LATENT_MAP``) is fit on ``--num_fit`` noise draws and terminal
 samples of the first ``--num_fit`` thick *training* digits, and measured on fresh noise against
 fresh ``q_S`` samples of the held-out thick *test* digits (``jot.metrics.transport.held_out``,
 per pixel): exact ``W2^2`` before (``N(0, I)``) / after (``M#N(0, I)``) / floor (a second fresh
@@ -36,8 +36,9 @@ from jot.data import digits  # noqa: E402
 from jot.diffusion import schedules  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, transport  # noqa: E402
+from jot.ot import maps  # noqa: E402
 from jot.train import loop  # noqa: E402
-from jot.translate import maps, prior_ot  # noqa: E402
+from jot.translate import prior_ot  # noqa: E402
 
 
 def main():

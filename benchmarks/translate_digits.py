@@ -37,9 +37,9 @@ from jot import files  # noqa: E402
 from jot.data import digits  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, image  # noqa: E402
-from jot.ot import exact  # noqa: E402
+from jot.ot import exact, maps  # noqa: E402
 from jot.train import loop  # noqa: E402
-from jot.translate import ddib, maps, otald, sdedit  # noqa: E402
+from jot.translate import ddib, otald, sdedit  # noqa: E402
 
 
 def load_model(workdir: str, preset: str, steps: int | None):
@@ -73,7 +73,7 @@ def main():
     p.add_argument("--nfes", default="4,8,16,50")
     p.add_argument("--num_fit", type=int, default=0, help="training images per domain for the OT-ALD map (0 = all)")
     p.add_argument("--ot_map", default=maps.DEFAULT_LATENT_MAP, choices=list(maps.METHODS),
-                   help="OT-ALD latent map (jot.translate.maps)")
+                   help="OT-ALD latent map (jot.ot.maps)")
     p.add_argument("--ot_epsilon", type=float, default=0.0,
                    help="entropic: fraction of the mean cost (0 = from --ot_neighbours); semidiscrete: temperature")
     p.add_argument("--ot_neighbours", type=float, default=maps.DEFAULT_NEIGHBOURS,

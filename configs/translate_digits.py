@@ -13,13 +13,13 @@ model was trained with (it carries the model config); ``:test`` pairs with ``dsm
 Writes ``translate_<method>.{npz,png,json}`` into the workdir (``jot.translate.runner``). The
 full comparison table is ``benchmarks/translate_digits.py``.
 
-OT-ALD's latent map (``translate.ot_map``) defaults to ``jot.translate.maps.DEFAULT_LATENT_MAP``
+OT-ALD's latent map (``translate.ot_map``) defaults to ``jot.ot.maps.DEFAULT_LATENT_MAP``
 (``gaussian``: the closed-form OT map between Gaussians fitted, mean + covariance shrunk by
 ``ot_shrinkage``, to the source and target latents of all training images, ``num_fit = 0``). It
 is affine, so each image keeps its own latent; the plain entropic map that ``entropic`` used to
 be (a softmax average over fitted target latents) pulled latents towards *other* images. The
 table below was measured with that plain entropic map (``ot_epsilon = 0.01`` of the mean cost),
-before ``entropic`` became the debiased map of ``jot.translate.maps``. 16x16 benchmark
+before ``entropic`` became the debiased map of ``jot.ot.maps``. 16x16 benchmark
 (``runs/dsm_digits16``, 361 test images, PSNR to the true thick twin / Frechet distance):
 
     NFE  s_end  DDIB          OT-ALD entropic (512, eps .01)   OT-ALD gaussian (all, shrink .05)
@@ -41,7 +41,7 @@ mismatch on ``num_latent_eval`` held-out images next to its two-sample floor
 import ml_collections
 
 from configs import dsm_digits
-from jot.translate import maps
+from jot.ot import maps
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

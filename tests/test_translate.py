@@ -6,8 +6,8 @@ import pytest
 
 from jot.diffusion import analytic, schedules
 from jot.errors import UserError
-from jot.ot import exact, semidiscrete
-from jot.translate import ddib, maps, otald, prior_ot, sdedit
+from jot.ot import exact, maps, semidiscrete
+from jot.translate import ddib, otald, prior_ot, sdedit
 
 M1, S1 = jnp.array([1.0, -1.0]), 0.5
 M2, S2 = jnp.array([-2.0, 3.0]), 1.5

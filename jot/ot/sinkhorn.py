@@ -5,7 +5,7 @@ The ground cost is ott's squared Euclidean ``||x - y||^2``. All functions are ji
 and ``epsilon=None`` uses ott's default, ``0.05`` times the standard deviation of the cost matrix.
 ``entropic_map`` is the plain out-of-sample map, a convex combination of the target samples; in
 high dimension with few samples it collapses onto them or shrinks towards their mean (see
-``jot.translate.maps`` for the latent map built on it and ``jot.metrics.transport`` for the checks).
+``jot.ot.maps`` for the latent map built on it and ``jot.metrics.transport`` for the checks).
 """
 from typing import Callable
 

@@ -3,7 +3,7 @@ Accelerated Image-to-Image Translation"): DDIB with OT-aligned latents.
 
 1. ``Z_A = invert_A(X_A)`` (source training images, source model) and ``Z_B = invert_B(X_B)``
    (target training images, target model), both to the end step ``s_end``;
-2. ``M = fit(Z_A -> Z_B)`` (``jot.translate.maps``; ``maps.DEFAULT_LATENT_MAP`` unless ``method``
+2. ``M = fit(Z_A -> Z_B)`` (``jot.ot.maps``; ``maps.DEFAULT_LATENT_MAP`` unless ``method``
    says otherwise);
 3. ``y = sample_B(M(invert_A(x)))``: the target reverse process starts from the target
    latent distribution instead of the mismatched source latents.
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jot.diffusion import samplers
 from jot.diffusion.schedules import Schedule
 from jot.metrics import transport
-from jot.translate import maps
+from jot.ot import maps
 
 
 def invert(

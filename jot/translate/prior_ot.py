@@ -4,7 +4,7 @@ Optimal Transport").
 The forward terminal law ``q_S = law(sqrt(a_S) x0 + sqrt(1 - a_S) eps)`` (``a_S = alpha_bar[S-1]``)
 is not N(0, I) when ``a_S > 0`` (SD's scaled-linear schedule: ``a_S ~ 0.0047``), so the reverse
 process starts off its trajectory. Fit an OT map ``M: N(0, I) -> q_S`` from samples
-(``jot.translate.maps``; ``maps.DEFAULT_LATENT_MAP`` unless ``method`` says otherwise) and start
+(``jot.ot.maps``; ``maps.DEFAULT_LATENT_MAP`` unless ``method`` says otherwise) and start
 the reverse process at ``M(eps)``. ``jot.metrics.transport.held_out`` measures ``M#N(0, I)``
 against ``q_S`` on fresh noise and fresh ``q_S`` samples, next to the two-sample floor.
 
@@ -20,7 +20,7 @@ import jax
 
 from jot.diffusion import samplers
 from jot.diffusion.schedules import Schedule
-from jot.translate import maps
+from jot.ot import maps
 
 
 def terminal_samples(x0: jax.Array, rng: jax.Array, schedule: Schedule) -> jax.Array:

@@ -41,7 +41,8 @@ from jot import files
 from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
-from jot.translate import ddib, maps, otald, sdedit
+from jot.ot import maps
+from jot.translate import ddib, otald, sdedit
 
 METHODS = ("sdedit", "ddib", "otald")
 

@@ -51,22 +51,22 @@ and all accept arrays ``[n, ...]`` of the shape they were fitted on:
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import pointcloud
-from ott.solvers import linear
 
-from jot.ot import semidiscrete
+from jot.ot import semidiscrete, sinkhorn
 
 METHODS = ("gaussian", "entropic", "semidiscrete")
 DEFAULT_LATENT_MAP = "gaussian"
 DEFAULT_NEIGHBOURS = 30  # entropic map: Kish effective sample size of the kernel rows (sets eps)
 SEMIDISCRETE_EPSILON = 0.01  # semidiscrete map: soft-min temperature when ``epsilon`` is None
+
+# ``sinkhorn.solve`` compiled once per shape, with the absolute ``epsilon`` a traced argument.
+_solve = jax.jit(sinkhorn.solve, static_argnames=("max_iterations", "threshold"))
 
 
 def _sq_cost(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -148,8 +148,8 @@ def entropic_map(
         eps = float(epsilon) * float(mean_cost)
     dtype = jnp.asarray(x).dtype
     u, yj = jnp.asarray(u64, dtype), jnp.asarray(y64, dtype)
-    g = _sinkhorn(u, yj, eps, max_iterations).g
-    h = _sinkhorn(u, u, eps, max_iterations).g
+    g = _solve(u, yj, epsilon=eps, max_iterations=max_iterations).g
+    h = _solve(u, u, epsilon=eps, max_iterations=max_iterations).g
     cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
     return EntropicMap(cast(m1), cast(scale), cast(m2), yj, g, u, h, cast(eps))
 
@@ -253,9 +253,3 @@ def fit(
     eps = SEMIDISCRETE_EPSILON if epsilon is None else epsilon
     sd = semidiscrete.fit(x, y, rng, steps=semidiscrete_steps, lr=semidiscrete_lr, epsilon=eps)
     return ShapedMap(sd)
-
-
-@partial(jax.jit, static_argnames="max_iterations")
-def _sinkhorn(x: jax.Array, y: jax.Array, epsilon, max_iterations: int):
-    """ott Sinkhorn between point clouds with the absolute regularisation ``epsilon``."""
-    return linear.solve(pointcloud.PointCloud(x, y, epsilon=epsilon), max_iterations=max_iterations, threshold=1e-3)
