@@ -8,8 +8,9 @@ Two commands: train the domain-conditioned ``dsm`` model, then translate with it
         --config.translate.method=otald --config.translate.nfe=16
 
 ``translate.model_workdir`` is the training run's workdir (its ``checkpoints/`` are read); left
-empty, the translate workdir itself must hold the trained model. The preset must be the one the
-model was trained with (it carries the model config); ``:test`` pairs with ``dsm_digits.py:test``.
+empty, the translate workdir itself must hold the trained model. The model is read with
+``jot.train.restore``, with the config recorded in that run's ``config.json``; this preset's
+``data`` section gives the images to translate. ``:test`` pairs with ``dsm_digits.py:test``.
 Writes ``translate_<method>.{npz,png,json}`` into the workdir (``jot.translate.runner``). The
 full comparison table is ``benchmarks/translate_digits.py``.
 

@@ -370,9 +370,8 @@ def test_evaluate_on_a_mistyped_workdir_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no run at '{typo}'"):
         loop.evaluate(_config(), str(typo))
     assert not os.path.exists(tmp_path / "runz")
-    trainer = loop.Trainer(_config(), str(typo))  # what --mode=translate builds to read a model
-    assert trainer.checkpoints.latest_step() is None
-    trainer.checkpoints.close()
+    with pytest.raises(workdir_lib.NoRun, match=f"no run at '{typo}'"):
+        loop.restore(str(typo))  # what --mode=translate calls to read a model
     assert not os.path.exists(tmp_path / "runz")
     out = _cli("--config=configs/diotm_2d.py:test", f"--workdir={typo}", "--mode=evaluate")
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -1,5 +1,7 @@
-"""The generic training loop, mesh/sharding helpers and checkpoints."""
+"""The generic training loop, mesh/sharding helpers, checkpoints, and ``restore`` for readers
+of a trained model."""
 from jot.errors import UserError
-from jot.train.loop import Interrupted, TrainingDiverged, evaluate, train
+from jot.train.loop import Interrupted, Restored, TrainingDiverged, evaluate, restore, train
+from jot.train.workdir import NoRun
 
-__all__ = ["Interrupted", "TrainingDiverged", "UserError", "evaluate", "train"]
+__all__ = ["Interrupted", "NoRun", "Restored", "TrainingDiverged", "UserError", "evaluate", "restore", "train"]

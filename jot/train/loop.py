@@ -9,6 +9,10 @@ Resume order (``train`` is idempotent: run it again on the same workdir to conti
    (``jot.data.base``), so the data stream resumes exactly without iterator state;
 4. per-step randomness is ``fold_in(state.rng, state.step)`` inside the method.
 
+Readers of a trained model (``evaluate``, ``--mode=translate``, notebooks) call
+``restore(workdir)``: the recorded config, the method and the checkpoint restored into the
+same shardings as step 2, without a ``Trainer``.
+
 A workdir holds ``config.json``, ``metrics.jsonl`` (one JSON line per log step),
 ``checkpoints/`` and, after evaluation, ``metrics.json`` plus the method's artifacts.
 
@@ -28,6 +32,7 @@ Run safety (``train`` and ``evaluate``):
   signal propagates unchanged and saves nothing beyond the last checkpoint;
 - user mistakes raise ``jot.errors.UserError`` with the value, what was expected and the fix.
 """
+import dataclasses
 import functools
 import inspect
 import json
@@ -35,6 +40,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +49,7 @@ import numpy as np
 
 from jot import data as jot_data
 from jot import files, methods
-from jot.errors import UserError, UserFileNotFoundError
+from jot.errors import UserError
 from jot.train import mesh as mesh_lib
 from jot.train import records
 from jot.train import workdir as workdir_lib
@@ -157,6 +163,14 @@ def get_method(config: ml_collections.ConfigDict):
         raise UserError(str(e)) from e
 
 
+def _restore_state(checkpoints: Checkpointer, step: int, init, config, batch: dict, sharding):
+    """Checkpoint ``step`` restored into the abstract state ``jax.eval_shape(init, rng, batch)``
+    with ``sharding`` on every leaf; an unreadable checkpoint raises ``Checkpointer.restore``'s
+    ``UserError``."""
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed), batch)
+    return checkpoints.restore(step, abstract_with_sharding(abstract, sharding))
+
+
 class Trainer:
     """Holds what ``train`` and ``evaluate`` share: method, dataset, mesh, shardings."""
 
@@ -181,13 +195,11 @@ class Trainer:
 
     def initial_state(self):
         """Restores the latest checkpoint, or initialises (see the resume order above)."""
-        rng = jax.random.PRNGKey(self.config.seed)
         batch = self.batch(0)
         latest = self.checkpoints.latest_step()
         if latest is None:
-            return self._init(rng, batch)
-        abstract = jax.eval_shape(self._init, rng, batch)
-        return self.checkpoints.restore(latest, abstract_with_sharding(abstract, self.replicated))
+            return self._init(jax.random.PRNGKey(self.config.seed), batch)
+        return _restore_state(self.checkpoints, latest, self._init, self.config, batch, self.replicated)
 
     def evaluate(self, state) -> dict:
         if not hasattr(self.method, "evaluate"):
@@ -307,31 +319,100 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None) -
 
     Evaluates with the run's recorded ``config.json`` (its ``eval.*`` and ``mesh.*`` fields
     come from ``config``); result-changing fields in which ``config`` differs are listed in a
-    warning on stderr and ignored. Raises ``UserFileNotFoundError`` ("no run at ...") and
-    creates nothing when ``workdir`` holds no run, and ``UserError`` when the workdir is
-    locked by a training run.
+    warning on stderr and ignored (``restore``). Raises ``UserFileNotFoundError`` ("no run at
+    ...") and creates nothing when ``workdir`` holds no run, and ``UserError`` when the
+    workdir is locked by a training run.
+    """
+    workdir_lib.require_run(workdir)
+    mesh_lib.initialize_distributed()
+    is_main = jax.process_index() == 0
+    with workdir_lib.lock(workdir, enabled=is_main):
+        model = restore(workdir, config=config, dataset=dataset)
+        if not hasattr(model.method, "evaluate"):
+            metrics = {}
+        else:
+            metrics = model.method.evaluate(model.config, model.state, model.dataset.eval_data(), workdir)
+        if is_main:
+            files.write_json(os.path.join(workdir, "metrics.json"), {"step": model.step, **metrics})
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A trained model read back by ``restore``.
+
+    ``config``: the config it was trained with (the run's ``config.json``, neutral fields
+    possibly from a given config); ``state``: the method's state at checkpoint ``step``,
+    replicated on ``mesh``; ``method``: the ``jot.methods`` module of ``config.method``, whose
+    functions take ``(config, state, ...)``; ``dataset``: the dataset whose batch 0 gave the
+    state's shapes (built from ``config`` unless one was passed).
+    """
+
+    config: ml_collections.ConfigDict
+    state: Any
+    step: int
+    method: Any
+    dataset: Any
+    mesh: Any
+
+
+def restore(workdir: str, *, step: int | None = None, config: ml_collections.ConfigDict | None = None,
+            dataset=None, mesh=None) -> Restored:
+    """Reads the trained model of the run in ``workdir`` (see ``Restored``); writes nothing.
+
+    The config is the run's record ``config.json`` (``records.read_config``). A given
+    ``config`` contributes only its neutral fields (``eval.*``, ``mesh.*``, ...;
+    ``records.config_for_evaluate``, which warns on stderr about the fields it ignores); a run
+    without ``config.json`` is read with the given ``config`` and a warning. The checkpoint is
+    ``step`` (default: the latest), restored into the shapes and dtypes of the method's
+    ``init`` with every leaf replicated on ``mesh`` (default: ``make_mesh(config)``).
+    ``init`` is only traced (``jax.eval_shape``), but it takes a batch: its shapes come from
+    batch 0 of ``dataset``, which is built from the recorded config when not given.
+
+    Raises ``workdir.NoRun`` (a ``UserFileNotFoundError``) and creates nothing when
+    ``workdir`` holds no run, no checkpoint or no checkpoint of ``step``; ``UserError`` when
+    the record is missing (and no ``config`` is given) or unreadable, or when the checkpoint
+    does not fit the recorded model or cannot be read (``Checkpointer.restore``).
     """
     workdir_lib.require_run(workdir)
     saved = records.read_config(workdir)
     if saved is None:
-        records.warn(f"{workdir} has no {records.CONFIG_FILE}; evaluating with the given config.")
+        if config is None:
+            raise UserError(
+                f"{workdir} has checkpoints but no {records.CONFIG_FILE}, the record of the config they were "
+                "trained with; restore that file from a copy, or pass the config to restore(config=...)."
+            )
+        records.warn(f"{workdir} has no {records.CONFIG_FILE}; restoring with the given config.")
+    elif config is None:
+        config = saved
     else:
         config = records.config_for_evaluate(saved, config, workdir)
     records.validate_config(config)
     mesh_lib.initialize_distributed()
-    is_main = jax.process_index() == 0
-    with workdir_lib.lock(workdir, enabled=is_main):
-        trainer = Trainer(config, workdir, dataset)
-        try:
-            if trainer.checkpoints.latest_step() is None:
-                raise UserFileNotFoundError(
-                    f"no checkpoint in {trainer.checkpoints.directory}; train first (--mode=train) or point "
-                    "--workdir at a finished run."
-                )
-            state = trainer.initial_state()
-            metrics = trainer.evaluate(state)
-            if is_main:
-                files.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **metrics})
-        finally:
-            trainer.checkpoints.close()
-    return metrics
+    method = get_method(config)
+    if hasattr(method, "check_config"):
+        method.check_config(config)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        steps = sorted(checkpoints.all_steps())
+        if not steps:
+            raise workdir_lib.NoRun(
+                f"no checkpoint in {checkpoints.directory}; train first (--mode=train) or point --workdir at a "
+                "finished run."
+            )
+        if step is None:
+            step = steps[-1]
+        elif int(step) not in steps:
+            raise workdir_lib.NoRun(
+                f"no checkpoint of step {step} in {checkpoints.directory}; it holds steps "
+                f"{', '.join(map(str, steps))}."
+            )
+        dataset = dataset if dataset is not None else jot_data.build(config)
+        mesh = mesh if mesh is not None else mesh_lib.make_mesh(config)
+        counts = batch_counts(method, config)
+        batch = mesh_lib.shard_batch(mesh, _host_batch(dataset, 0, counts), batch_axis=0 if counts is None else 1)
+        state = _restore_state(checkpoints, int(step), functools.partial(method.init, config), config, batch,
+                               mesh_lib.replicated(mesh))
+    finally:
+        checkpoints.close()
+    return Restored(config=config, state=state, step=int(step), method=method, dataset=dataset, mesh=mesh)

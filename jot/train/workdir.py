@@ -30,6 +30,10 @@ class WorkdirLocked(UserError):
     """Another process holds the workdir's lock."""
 
 
+class NoRun(UserFileNotFoundError):
+    """``workdir`` holds no run, or no checkpoint to read."""
+
+
 def make(workdir: str) -> None:
     """Creates ``workdir`` (and parents); raises ``UserError`` when it cannot be created or written."""
     try:
@@ -46,12 +50,12 @@ def make(workdir: str) -> None:
 
 
 def require_run(workdir: str) -> None:
-    """Raises ``UserFileNotFoundError`` ("no run at ...") unless ``workdir`` holds a run
+    """Raises ``NoRun`` ("no run at ...") unless ``workdir`` holds a run
     (a ``config.json`` or a ``checkpoints/`` folder); creates nothing."""
     if os.path.isfile(os.path.join(workdir, "config.json")) or os.path.isdir(os.path.join(workdir, "checkpoints")):
         return
     what = "does not exist" if not os.path.exists(workdir) else "has no config.json and no checkpoints/"
-    raise UserFileNotFoundError(
+    raise NoRun(
         f"no run at {workdir!r}: the path {what}, so there is no checkpoint to evaluate. Check the --workdir "
         "path, or train first with --mode=train."
     )

@@ -1,11 +1,12 @@
 """``launch.main --mode=translate``: translate held-out source images with a trained diffusion model.
 
-The model is the one of ``config.method``, which must provide the diffusion hooks ``schedule``
-and ``eps_model`` (``jot.methods.base``; ``dsm`` does). Reads the latest checkpoint of that
-training run in ``config.translate.model_workdir``
-(default: the workdir itself), takes the first ``translate.num_images`` source images of the
-dataset's ``eval_data()`` and runs ``translate.method`` (``sdedit`` | ``ddib`` | ``otald``) with
-``translate.nfe`` model calls per image. Writes, atomically, into the workdir:
+Reads the trained model of the run in ``config.translate.model_workdir`` (default: the workdir
+itself) with ``jot.train.restore``: its latest checkpoint, with the config recorded in that
+run's ``config.json``. Its method, that of ``config.method``, must provide the diffusion hooks
+``schedule`` and ``eps_model`` (``jot.methods.base``; ``dsm`` does). The images to translate
+come from this config's ``data`` section: the run takes the first ``translate.num_images``
+source images of the dataset's ``eval_data()`` and runs ``translate.method`` (``sdedit`` |
+``ddib`` | ``otald``) with ``translate.nfe`` model calls per image. Writes, atomically, into the workdir:
 
 - ``translate_<method>.npz``: ``x`` (sources), ``translated`` (one output per source, same
   shape, in ``[-1, 1]`` up to the model's clipping) and, when the dataset has them, ``y``/``label``;
@@ -37,7 +38,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jot import files
+from jot import data, files
 from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
@@ -75,7 +76,8 @@ def _fit_images(dataset, key: str, n: int) -> np.ndarray:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Translates with the model in ``translate.model_workdir`` (see the module docstring)."""
-    from jot.train.loop import Trainer, get_method
+    from jot.train import NoRun, restore
+    from jot.train.loop import get_method
 
     tc = config.translate
     if tc.method not in METHODS:
@@ -85,20 +87,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise UserError(f"config.method={config.method!r} is not a diffusion method (it has no schedule and "
                         "eps_model to translate with); train and translate with e.g. dsm.")
     model_dir = tc.get("model_workdir") or workdir
-    trainer = Trainer(config, model_dir)
-    if trainer.checkpoints.latest_step() is None:
+    try:
+        model = restore(model_dir)
+    except NoRun:
         raise UserFileNotFoundError(
-            f"no checkpoint in {trainer.checkpoints.directory}; train a dsm model first "
+            f"no checkpoint in {os.path.join(os.path.abspath(model_dir), 'checkpoints')}; train a dsm model first "
             "(--mode=train) or set --config.translate.model_workdir to a finished dsm run."
-        )
-    state = trainer.initial_state()
-    eval_data = trainer.dataset.eval_data()
+        ) from None
+    if model.method is not method:
+        raise UserError(f"the model in {model_dir} was trained with method={model.config.method!r}, not "
+                        f"config.method={config.method!r}; set --config.translate.model_workdir to a "
+                        f"{config.method} run.")
+    dataset = data.build(config)
+    eval_data = dataset.eval_data()
     x = np.asarray(eval_data["x"][: tc.num_images])
     size = config.data.size
     check_images(x, size=size, channels=x.shape[-1], what="source images")
     shape = x.shape[1:]
-    sched = method.schedule(config)
-    eps_a, eps_b = (method.eps_model(config, state, shape, label=i) for i in (0, 1))
+    sched = method.schedule(model.config)
+    eps_a, eps_b = (method.eps_model(model.config, model.state, shape, label=i) for i in (0, 1))
     rng = jax.random.PRNGKey(config.seed)
 
     common = dict(nfe=tc.nfe, schedule=sched, clip=tc.get("clip") or None)
@@ -109,8 +116,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         t0 = time.perf_counter()
         latent_map, _, z_b = otald.fit(
-            jnp.asarray(_fit_images(trainer.dataset, "x", tc.num_fit)),
-            jnp.asarray(_fit_images(trainer.dataset, "y", tc.num_fit)),
+            jnp.asarray(_fit_images(dataset, "x", tc.num_fit)),
+            jnp.asarray(_fit_images(dataset, "y", tc.num_fit)),
             eps_source=eps_a, eps_target=eps_b, end_step=tc.end_step, method=tc.get("ot_map", maps.DEFAULT_LATENT_MAP),
             epsilon=tc.get("ot_epsilon") or None, neighbours=tc.get("ot_neighbours", maps.DEFAULT_NEIGHBOURS),
             shrinkage=tc.get("ot_shrinkage", "auto"), nfe=tc.nfe, schedule=sched,
@@ -135,7 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics.update(fit_metrics)
     if "y" in eval_data and len(eval_data["y"]) >= 2:
         metrics["frechet"] = frechet.frechet_distance(y_hat, np.asarray(eval_data["y"]))
-    if getattr(trainer.dataset, "paired", False):
+    if getattr(dataset, "paired", False):
         metrics["psnr"] = float(np.mean(image.psnr(y_hat, eval_data["y"][: len(x)])))
     if jax.process_index() == 0:
         extra = {k: np.asarray(eval_data[k][: len(x)]) for k in ("y", "label") if k in eval_data}
