@@ -132,7 +132,7 @@ def _accepts_keys(dataset) -> bool:
         return False
 
 
-def _host_batch(dataset, step: int, counts: dict[str, int] | None) -> dict:
+def _host_batch(dataset, step: int, counts: dict[str, int] | None, lazy: bool | None = None) -> dict:
     """The host batch of ``step``: ``dataset.train_batch(step)``, or for stacked methods, for
     each key ``k``, the ``[counts[k], B, ...]`` stack of its dataset batches
     ``step * counts[k] + j`` (so every key reads its own stream contiguously). Datasets whose
@@ -143,7 +143,7 @@ def _host_batch(dataset, step: int, counts: dict[str, int] | None) -> dict:
     for key, c in counts.items():
         for j in range(c):
             wanted.setdefault(step * c + j, []).append(key)
-    lazy = _accepts_keys(dataset)
+    lazy = _accepts_keys(dataset) if lazy is None else lazy
     drawn = {i: dataset.train_batch(i, keys=tuple(keys)) if lazy else dataset.train_batch(i)
              for i, keys in wanted.items()}
     return {key: np.stack([drawn[step * c + j][key] for j in range(c)]) for key, c in counts.items()}
@@ -183,6 +183,7 @@ class Trainer:
         self.dataset = dataset if dataset is not None else jot_data.build(config)
         self.mesh = mesh_lib.make_mesh(config)
         self.counts = batch_counts(self.method, config)
+        self._lazy = _accepts_keys(self.dataset)
         self.replicated = mesh_lib.replicated(self.mesh)
         self.checkpoints = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints, create=create
@@ -190,7 +191,7 @@ class Trainer:
         self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
 
     def batch(self, step: int) -> dict:
-        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.counts),
+        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.counts, self._lazy),
                                      batch_axis=0 if self.counts is None else 1)
 
     def initial_state(self):
