@@ -163,6 +163,21 @@ def get_method(config: ml_collections.ConfigDict):
         raise UserError(str(e)) from e
 
 
+def _checked_method(config: ml_collections.ConfigDict):
+    """``get_method`` with the method's own config checks run (``check_config``): what a
+    run that trains or restores the method needs before it touches the workdir."""
+    method = get_method(config)
+    if hasattr(method, "check_config"):
+        method.check_config(config)
+    return method
+
+
+def _sharded_batch(mesh, dataset, step: int, counts: dict[str, int] | None, lazy: bool | None = None) -> dict:
+    """The host batch of ``step`` (``_host_batch``) as global arrays split over ``data``."""
+    return mesh_lib.shard_batch(mesh, _host_batch(dataset, step, counts, lazy),
+                                batch_axis=0 if counts is None else 1)
+
+
 def _restore_state(checkpoints: Checkpointer, step: int, init, config, batch: dict, sharding):
     """Checkpoint ``step`` restored into the abstract state ``jax.eval_shape(init, rng, batch)``
     with ``sharding`` on every leaf; an unreadable checkpoint raises ``Checkpointer.restore``'s
@@ -177,9 +192,7 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None, *, create: bool = False):
         mesh_lib.initialize_distributed()
         self.config, self.workdir = config, workdir
-        self.method = get_method(config)
-        if hasattr(self.method, "check_config"):
-            self.method.check_config(config)
+        self.method = _checked_method(config)
         self.dataset = dataset if dataset is not None else jot_data.build(config)
         self.mesh = mesh_lib.make_mesh(config)
         self.counts = batch_counts(self.method, config)
@@ -191,8 +204,7 @@ class Trainer:
         self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
 
     def batch(self, step: int) -> dict:
-        return mesh_lib.shard_batch(self.mesh, _host_batch(self.dataset, step, self.counts, self._lazy),
-                                     batch_axis=0 if self.counts is None else 1)
+        return _sharded_batch(self.mesh, self.dataset, step, self.counts, self._lazy)
 
     def initial_state(self):
         """Restores the latest checkpoint, or initialises (see the resume order above)."""
@@ -390,9 +402,7 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
         config = records.config_for_evaluate(saved, config, workdir)
     records.validate_config(config)
     mesh_lib.initialize_distributed()
-    method = get_method(config)
-    if hasattr(method, "check_config"):
-        method.check_config(config)
+    method = _checked_method(config)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         steps = sorted(checkpoints.all_steps())
@@ -410,8 +420,7 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
             )
         dataset = dataset if dataset is not None else jot_data.build(config)
         mesh = mesh if mesh is not None else mesh_lib.make_mesh(config)
-        counts = batch_counts(method, config)
-        batch = mesh_lib.shard_batch(mesh, _host_batch(dataset, 0, counts), batch_axis=0 if counts is None else 1)
+        batch = _sharded_batch(mesh, dataset, 0, batch_counts(method, config))
         state = _restore_state(checkpoints, int(step), functools.partial(method.init, config), config, batch,
                                mesh_lib.replicated(mesh))
     finally:

@@ -22,8 +22,7 @@ from typing import Any
 import ml_collections
 
 from jot.errors import UserError
-
-CONFIG_FILE = "config.json"
+from jot.train.workdir import CONFIG_FILE
 
 NEUTRAL_FIELDS = (
     "train.progress",

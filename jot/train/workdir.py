@@ -24,6 +24,7 @@ from typing import Iterator
 from jot.errors import UserError, UserFileNotFoundError
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"  # the run's record (``jot.train.records``)
 
 
 class WorkdirLocked(UserError):
@@ -52,7 +53,7 @@ def make(workdir: str) -> None:
 def require_run(workdir: str) -> None:
     """Raises ``NoRun`` ("no run at ...") unless ``workdir`` holds a run
     (a ``config.json`` or a ``checkpoints/`` folder); creates nothing."""
-    if os.path.isfile(os.path.join(workdir, "config.json")) or os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if os.path.isfile(os.path.join(workdir, CONFIG_FILE)) or os.path.isdir(os.path.join(workdir, "checkpoints")):
         return
     what = "does not exist" if not os.path.exists(workdir) else "has no config.json and no checkpoints/"
     raise NoRun(
