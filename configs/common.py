@@ -26,5 +26,7 @@ def train(**fields) -> ml_collections.ConfigDict:
 
 def mesh() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
-    m.data = -1  # devices on the data axis; -1 = all
+    m.data = -1  # devices on the data axis; -1 = all not on fsdp
+    m.fsdp = 1  # devices a parameter is split over (the state's arrays of >= fsdp_min_size elements)
+    m.fsdp_min_size = 2**16  # smaller arrays stay replicated
     return m

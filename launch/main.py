@@ -7,6 +7,12 @@
 Every config field can be overridden with ``--config.FIELD=VALUE``. Training resumes from
 the workdir's latest checkpoint. The same ``run`` function is what notebooks and tests call.
 
+Multi-process runs start the same command on every process. Under SLURM (``srun``), Open MPI
+(``mpirun``) or on a TPU pod slice the processes find each other from the environment
+(``launch/slurm.sbatch``, ``launch/tpu_pod.sh``); elsewhere pass
+``--coordinator_address=HOST0:PORT --num_processes=N --process_id=I``. Process 0 writes the
+workdir's files and shows progress; every process writes its part of the checkpoints.
+
 Exit status: 0 on success; 2 for a user error (a bad flag or config value, a config that
 differs from the workdir's ``config.json``, a locked, missing or unwritable workdir, an
 unreadable checkpoint or input file: one ``error: ...`` message on stderr naming the
@@ -25,6 +31,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset: path/to/config.py:preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "translate"], "What to run.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs without a cluster launcher: host:port of process 0 "
+    "(with --num_processes and --process_id). SLURM, Open MPI and TPU pods are detected without flags.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -148,17 +159,21 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    from jot import sharding
     from jot.errors import UserError
     from jot.train.loop import Interrupted
 
     try:
+        # Before anything touches a device.
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as e:
         _fail(str(e))
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
-    print_metrics(metrics, _WORKDIR.value)
+    if sharding.is_main_process():
+        print_metrics(metrics, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jot.models.sd import UNet2DConditionModel, load_module, read_weights, shard_params
-from jot.models.sd.sharding import param_spec
+from jot.sharding import param_spec
 
 torch.set_num_threads(1)  # the test machine is small and shared; more threads only spin
 # Tiny models: XLA's backend optimisation buys nothing here and doubles compile time.

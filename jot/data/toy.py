@@ -12,8 +12,9 @@ name           source               target
 ``points``     ``npz:PATH``         ``npz:PATH`` (array under key ``x``, or the file's only array)
 =============  ===================  =================================================
 
-Samplers draw fresh points for every step from ``numpy.random.default_rng([seed, stream,
-step, process])``, so a batch is a pure function of the step (exact resume). Finite
+Samplers draw fresh points for every step from ``numpy.random.default_rng([seed, step,
+stream])``, so a batch is a pure function of the step (exact resume) and the same for any
+number of processes (each keeps its slice). Finite
 point clouds hold out ``eval_size`` points of each side for evaluation and sample training
 batches with replacement from the rest.
 """
@@ -201,7 +202,7 @@ class PointClouds:
                 f"batch_size={batch_size} must be divisible by the number of processes ({process_count})."
             )
         self.source, self.target = source, target
-        self.local_batch = batch_size // process_count
+        self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.seed, self.eval_size = int(seed), int(eval_size)
         self.process_index = process_index
         self._eval = None
@@ -216,13 +217,17 @@ class PointClouds:
             )
 
     def train_batch(self, step: int, keys=("x", "y")) -> dict[str, np.ndarray]:
-        """Fresh ``x`` (source) and ``y`` (target) points for ``step``; each key has its own
-        random stream, so drawing only some ``keys`` leaves the others unchanged."""
+        """This process's slice of fresh ``x`` (source) and ``y`` (target) points for ``step``.
+
+        Each key has its own random stream, so drawing only some ``keys`` leaves the others
+        unchanged. Points are cheap, so every process draws the global batch and keeps its
+        slice: the global batch is the same whatever the number of processes."""
         out = {}
+        lo = self.process_index * self.local_batch
         for key in keys:
             sampler, stream = {"x": (self.source, 0), "y": (self.target, 1)}[key]
-            rng = np.random.default_rng([self.seed, _TRAIN, int(step), self.process_index, stream])
-            out[key] = sampler(rng, self.local_batch).astype(np.float32)
+            rng = np.random.default_rng([self.seed, _TRAIN, int(step), 0, stream])
+            out[key] = sampler(rng, self.batch_size)[lo:lo + self.local_batch].astype(np.float32)
         return out
 
     def eval_data(self) -> dict[str, np.ndarray]:

@@ -1,7 +1,10 @@
 """Checkpoints through orbax-checkpoint, wrapped so an orbax API change stays in this file.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
-crash mid-save never leaves a half-written checkpoint that a restore would pick up.
+crash mid-save never leaves a half-written checkpoint that a restore would pick up. Saves
+are asynchronous: ``save`` returns once the arrays are on the host and the files are
+written in the background (``wait``/``close`` block until they are on disk), so a large
+state does not stall training.
 A checkpoint that cannot be restored raises ``jot.errors.UserError``: either it was written
 by a different model (the first differing array is named) or its files are damaged (the
 older steps to fall back to are named, with how).
@@ -23,17 +26,25 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: int = 2, create: bool = False):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
+        """The newest finished checkpoint (a save still in flight is waited for)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state) -> None:
+        """Starts saving ``state`` as ``step`` and returns once its arrays are copied off the
+        devices (so the next step may donate them); the files are written in the background
+        and appear, complete, when the save finalises. Every process calls it."""
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
         self._manager.wait_until_finished()
 
     def restore(self, step: int, target):
@@ -65,6 +76,8 @@ class Checkpointer:
             raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}). {fallback}") from e
 
     def close(self) -> None:
+        """Waits for saves in flight, then releases the manager."""
+        self._manager.wait_until_finished()
         self._manager.close()
 
 
@@ -147,8 +160,3 @@ def _first_mismatch(item_dir: str, target) -> str | None:
         if stored[key] is not None and tuple(stored[key]) != wanted[key]:
             return f"array {key} has shape {tuple(stored[key])} there but {wanted[key]} in this config's model"
     return None
-
-
-def abstract_with_sharding(abstract, sharding):
-    """Attaches one sharding to every leaf of an ``eval_shape`` result."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)

@@ -3,8 +3,9 @@
 Resume order (``train`` is idempotent: run it again on the same workdir to continue):
 
 1. build the dataset, the mesh and the abstract state (``jax.eval_shape`` of ``init``);
-2. if ``workdir/checkpoints`` has a step, restore it into the abstract state's shardings,
-   otherwise run the jitted ``init``;
+2. if ``workdir/checkpoints`` has a step, restore it into the state's shardings
+   (``state_shardings``: the parameter rule of ``jot.sharding``), otherwise run ``init``
+   jitted with those shardings as ``out_shardings``;
 3. continue from ``state.step``: batches are a pure function of the step index
    (``jot.data.base``), so the data stream resumes exactly without iterator state;
 4. per-step randomness is ``fold_in(state.rng, state.step)`` inside the method.
@@ -49,11 +50,11 @@ import numpy as np
 
 from jot import data as jot_data
 from jot import files, methods
+from jot import sharding
 from jot.errors import UserError
-from jot.train import mesh as mesh_lib
 from jot.train import records
 from jot.train import workdir as workdir_lib
-from jot.train.checkpoint import Checkpointer, abstract_with_sharding
+from jot.train.checkpoint import Checkpointer
 
 
 class TrainingDiverged(FloatingPointError):
@@ -174,50 +175,64 @@ def _checked_method(config: ml_collections.ConfigDict):
 
 def _sharded_batch(mesh, dataset, step: int, counts: dict[str, int] | None, lazy: bool | None = None) -> dict:
     """The host batch of ``step`` (``_host_batch``) as global arrays split over ``data``."""
-    return mesh_lib.shard_batch(mesh, _host_batch(dataset, step, counts, lazy),
+    return sharding.shard_batch(mesh, _host_batch(dataset, step, counts, lazy),
                                 batch_axis=0 if counts is None else 1)
 
 
-def _restore_state(checkpoints: Checkpointer, step: int, init, config, batch: dict, sharding):
-    """Checkpoint ``step`` restored into the abstract state ``jax.eval_shape(init, rng, batch)``
-    with ``sharding`` on every leaf; an unreadable checkpoint raises ``Checkpointer.restore``'s
-    ``UserError``."""
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed), batch)
-    return checkpoints.restore(step, abstract_with_sharding(abstract, sharding))
+def state_shardings(method, config: ml_collections.ConfigDict, mesh, batch: dict):
+    """``(abstract, shardings)`` of the method's train state: ``jax.eval_shape`` of ``init`` on
+    ``batch`` (nothing is computed) and one ``NamedSharding`` per leaf by the parameter rule
+    (``jot.sharding.param_spec``; optimiser moments and EMA have their parameter's shape, so they
+    follow it)."""
+    abstract = jax.eval_shape(functools.partial(method.init, config), jax.random.PRNGKey(config.seed), batch)
+    return abstract, sharding.tree_shardings(abstract, mesh, min_size=sharding.min_shard_size(config))
+
+
+def for_evaluation(state):
+    """``state`` as the host-side ``evaluate`` functions take it: unchanged in a single process;
+    gathered into numpy on every process when its arrays span several processes."""
+    return state if jax.process_count() == 1 else sharding.to_host(state)
 
 
 class Trainer:
-    """Holds what ``train`` and ``evaluate`` share: method, dataset, mesh, shardings."""
+    """Holds what a training run needs: method, dataset, mesh, the state's shardings and the
+    checkpoints."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset=None, *, create: bool = False):
-        mesh_lib.initialize_distributed()
+        sharding.initialize_distributed()
         self.config, self.workdir = config, workdir
         self.method = _checked_method(config)
         self.dataset = dataset if dataset is not None else jot_data.build(config)
-        self.mesh = mesh_lib.make_mesh(config)
+        self.mesh = sharding.make_mesh(config)
         self.counts = batch_counts(self.method, config)
         self._lazy = _accepts_keys(self.dataset)
-        self.replicated = mesh_lib.replicated(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
+        self.abstract, self.shardings = state_shardings(self.method, config, self.mesh, self.batch(0))
         self.checkpoints = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints, create=create
         )
-        self._init = jax.jit(functools.partial(self.method.init, config), out_shardings=self.replicated)
 
     def batch(self, step: int) -> dict:
         return _sharded_batch(self.mesh, self.dataset, step, self.counts, self._lazy)
 
     def initial_state(self):
-        """Restores the latest checkpoint, or initialises (see the resume order above)."""
-        batch = self.batch(0)
+        """Restores the latest checkpoint, or initialises (see the resume order above), into
+        ``self.shardings``."""
         latest = self.checkpoints.latest_step()
         if latest is None:
-            return self._init(jax.random.PRNGKey(self.config.seed), batch)
-        return _restore_state(self.checkpoints, latest, self._init, self.config, batch, self.replicated)
+            init = jax.jit(functools.partial(self.method.init, self.config), out_shardings=self.shardings)
+            return init(jax.random.PRNGKey(self.config.seed), self.batch(0))
+        return self.checkpoints.restore(latest, sharding.with_shardings(self.abstract, self.shardings))
 
-    def evaluate(self, state) -> dict:
+    def step_fn(self):
+        """The jitted ``train_step``: the state is donated and stays in ``self.shardings``."""
+        return jax.jit(functools.partial(self.method.train_step, self.config), donate_argnums=0,
+                       out_shardings=(self.shardings, self.replicated))
+
+    def evaluate(self, state, workdir: str | None) -> dict:
         if not hasattr(self.method, "evaluate"):
             return {}
-        return self.method.evaluate(self.config, state, self.dataset.eval_data(), self.workdir)
+        return self.method.evaluate(self.config, for_evaluation(state), self.dataset.eval_data(), workdir)
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -236,7 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, dataset=None):
     checkpoints that cannot be restored (see the module docstring).
     """
     records.validate_config(config)
-    mesh_lib.initialize_distributed()
+    sharding.initialize_distributed()
     is_main = jax.process_index() == 0
     workdir_lib.make(workdir)
     with workdir_lib.lock(workdir, enabled=is_main):
@@ -263,7 +278,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset, is_main: bo
         if is_main:
             files.trim_jsonl(metrics_path, start)
         state = _train_steps(config, trainer, state, start, metrics_path, is_main)
-        final = trainer.evaluate(state)
+        final = trainer.evaluate(state, workdir if is_main else None)
         if is_main and final:
             files.write_json(os.path.join(workdir, "metrics.json"), {"step": int(jax.device_get(state.step)), **final})
     finally:
@@ -274,7 +289,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset, is_main: bo
 def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str, is_main: bool):
     """Steps ``start .. train.steps`` with logging, checkpoints, the NaN guard and signal stops."""
     tc = config.train
-    step_fn = jax.jit(functools.partial(trainer.method.train_step, config), donate_argnums=0)
+    step_fn = trainer.step_fn()
     last_good = trainer.checkpoints.latest_step()
 
     progress = None
@@ -318,7 +333,7 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
                 if stopping:
                     raise Interrupted(stop.signum, done, os.path.join(trainer.checkpoints.directory, str(done)))
                 if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
-                    ev = trainer.method.evaluate(config, state, trainer.dataset.eval_data(), None)
+                    ev = trainer.evaluate(state, None)
                     if is_main:
                         files.append_jsonl(metrics_path, {"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
     finally:
@@ -337,14 +352,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, dataset=None) -
     workdir is locked by a training run.
     """
     workdir_lib.require_run(workdir)
-    mesh_lib.initialize_distributed()
+    sharding.initialize_distributed()
     is_main = jax.process_index() == 0
     with workdir_lib.lock(workdir, enabled=is_main):
         model = restore(workdir, config=config, dataset=dataset)
         if not hasattr(model.method, "evaluate"):
             metrics = {}
         else:
-            metrics = model.method.evaluate(model.config, model.state, model.dataset.eval_data(), workdir)
+            metrics = model.method.evaluate(model.config, for_evaluation(model.state), model.dataset.eval_data(),
+                                            workdir if is_main else None)
         if is_main:
             files.write_json(os.path.join(workdir, "metrics.json"), {"step": model.step, **metrics})
     return metrics
@@ -356,7 +372,7 @@ class Restored:
 
     ``config``: the config it was trained with (the run's ``config.json``, neutral fields
     possibly from a given config); ``state``: the method's state at checkpoint ``step``,
-    replicated on ``mesh``; ``method``: the ``jot.methods`` module of ``config.method``, whose
+    placed on ``mesh`` as in training (``state_shardings``); ``method``: the ``jot.methods`` module of ``config.method``, whose
     functions take ``(config, state, ...)``; ``dataset``: the dataset whose batch 0 gave the
     state's shapes (built from ``config`` unless one was passed).
     """
@@ -378,7 +394,8 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
     ``records.config_for_evaluate``, which warns on stderr about the fields it ignores); a run
     without ``config.json`` is read with the given ``config`` and a warning. The checkpoint is
     ``step`` (default: the latest), restored into the shapes and dtypes of the method's
-    ``init`` with every leaf replicated on ``mesh`` (default: ``make_mesh(config)``).
+    ``init`` with the shardings training uses (``state_shardings``) on ``mesh`` (default:
+    ``make_mesh(config)``).
     ``init`` is only traced (``jax.eval_shape``), but it takes a batch: its shapes come from
     batch 0 of ``dataset``, which is built from the recorded config when not given.
 
@@ -401,7 +418,7 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
     else:
         config = records.config_for_evaluate(saved, config, workdir)
     records.validate_config(config)
-    mesh_lib.initialize_distributed()
+    sharding.initialize_distributed()
     method = _checked_method(config)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
@@ -419,10 +436,10 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
                 f"{', '.join(map(str, steps))}."
             )
         dataset = dataset if dataset is not None else jot_data.build(config)
-        mesh = mesh if mesh is not None else mesh_lib.make_mesh(config)
+        mesh = mesh if mesh is not None else sharding.make_mesh(config)
         batch = _sharded_batch(mesh, dataset, 0, batch_counts(method, config))
-        state = _restore_state(checkpoints, int(step), functools.partial(method.init, config), config, batch,
-                               mesh_lib.replicated(mesh))
+        abstract, shardings = state_shardings(method, config, mesh, batch)
+        state = checkpoints.restore(int(step), sharding.with_shardings(abstract, shardings))
     finally:
         checkpoints.close()
     return Restored(config=config, state=state, step=int(step), method=method, dataset=dataset, mesh=mesh)

@@ -38,7 +38,7 @@ from jot.models.sd.convert import (
     read_weights,
 )
 from jot.models.sd.layers import AttentionChunk
-from jot.models.sd.sharding import param_shardings, shard_params
+from jot.sharding import param_shardings, shard_params
 from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
 

@@ -36,7 +36,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 
 from jot.errors import UserError
-from jot.models.sd.sharding import param_shardings
+from jot.sharding import param_shardings
 
 DROPPED: tuple[str, ...] = (r"(^|\.)position_ids$",)
 
@@ -160,7 +160,7 @@ def load_module(
 ) -> nnx.Module:
     """Build ``build()`` without allocating (``nnx.eval_shape``) and fill it with ``tensors``.
 
-    With ``mesh``, parameters are placed by :func:`jot.models.sd.sharding.param_shardings`
+    With ``mesh``, parameters are placed by :func:`jot.sharding.param_shardings`
     (those with at least ``min_shard_size`` elements sharded over its ``fsdp`` axis) as
     they are converted, so the full tree never sits on one device.
     """
