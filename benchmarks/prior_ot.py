@@ -79,7 +79,7 @@ def main():
             if trainer.checkpoints.latest_step() is None:
                 raise FileNotFoundError(f"no dsm checkpoint in {args.workdir}; run benchmarks/translate_digits.py first.")
             state = trainer.initial_state()
-            eps_b = dsm.eps_model(config, state, x0.shape[1:], label=1)
+            eps_b = dsm.eps_model(config, state, label=1)
             clf = LogisticRegression(max_iter=2000).fit(flat(sp.target_train), sp.target_labels)
             for tag, lm in (("without", None), ("with", m)):
                 y = np.asarray(prior_ot.sample(e, None, nfe=args.nfe, schedule=sched, eps_fn=eps_b, latent_map=lm,

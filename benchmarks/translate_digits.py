@@ -89,8 +89,7 @@ def main():
     sp = digits.split(config.data.size, config.data.thickness, config.data.split_seed)
     sched = dsm.schedule(config)
     top = float(sched.num_steps - 1)
-    shape = sp.test_x.shape[1:]
-    eps_a, eps_b = (dsm.eps_model(config, state, shape, label=i) for i in (0, 1))
+    eps_a, eps_b = (dsm.eps_model(config, state, label=i) for i in (0, 1))
     num_test = args.num_test or len(sp.test_x)
     test_x, test_y, test_labels = sp.test_x[:num_test], sp.test_y[:num_test], sp.test_labels[:num_test]
     x_test = jnp.asarray(test_x)

@@ -141,7 +141,7 @@ def test_hjb_term_of_the_step_drives_the_residual_down():
         step = jax.jit(lambda s, b, c=c: diotm.train_step(c, s, b))
         for _ in range(60):
             state, _ = step(state, batch)
-        V = _common.module(c, "V", 2, state.params["V"])
+        V = _common.module(state, "V", state.params["V"])
         x = jnp.asarray(batch["x"][0])
         t = jnp.linspace(0.0, 1.0, x.shape[0])
         x_t = losses.interpolate(x, diotm.transport(c, state, x), t)
@@ -248,7 +248,7 @@ def test_noise_maps_sample_z_at_test_time_and_evaluate_with_it(tmp_path):
     a, b = (np.asarray(diotm.transport(c, state, x, jax.random.PRNGKey(i))) for i in (1, 2))
     assert np.max(np.abs(a - b)) > 1e-4  # the map uses its noise input
     zero = np.asarray(diotm.transport(c, state, x))
-    net = _common.module(c, "T", 2, state.params["T"])
+    net = _common.module(state, "T", state.params["T"])
     np.testing.assert_allclose(zero, np.asarray(net(jnp.asarray(x), jnp.zeros((256, 3)))), rtol=1e-6, atol=1e-6)
     with np.load(tmp_path / "transport.npz") as f:
         key_t, _ = _ot_eval.noise_keys(c)

@@ -1,7 +1,6 @@
 """Pieces shared by the adversarial OT methods (OTM, DIOTM): networks held as
-``(graphdef, params)``, optimisers, EMA, time sampling and the train-state container."""
-import functools
-import json
+``(graphdef, params)``, the graph definitions static in the train state, optimisers, EMA,
+time sampling and the train-state container."""
 from typing import Any, Callable
 
 import jax
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx, struct
+from flax.core import FrozenDict
 
 from jot.errors import UserError
 
@@ -21,6 +21,12 @@ class State:
     to its parameters as a pure nested dict, its optax state, and (maps only) the EMA of
     its parameters. ``rng`` is a raw ``uint32[2]`` key; per-step keys are
     ``fold_in(rng, step)``.
+
+    ``graphdefs`` maps each network name to its ``nnx.GraphDef``, built once by ``init``
+    (``init_network``). It is a static field (``pytree_node=False``): not a leaf, so neither
+    traced, donated nor checkpointed, but part of the tree structure, where it must be
+    hashable and comparable; hence a ``FrozenDict`` (see ``graphdefs``). A restore takes it
+    from its target (``jax.eval_shape`` of ``init``). ``module`` merges it with parameters.
     """
 
     step: jax.Array
@@ -28,6 +34,7 @@ class State:
     params: dict
     opt_state: dict
     ema: dict
+    graphdefs: FrozenDict = struct.field(pytree_node=False)
 
 
 def _constructor(config: ml_collections.ConfigDict, name: str, dim: int) -> Callable[[nnx.Rngs], nnx.Module]:
@@ -44,26 +51,28 @@ def _constructor(config: ml_collections.ConfigDict, name: str, dim: int) -> Call
     raise ValueError(f"unknown network {name!r}")
 
 
-@functools.lru_cache(maxsize=64)
-def _graphdef_cached(config_json: str, name: str, dim: int):
-    config = ml_collections.ConfigDict(json.loads(config_json))
-    abstract = nnx.eval_shape(lambda: _constructor(config, name, dim)(nnx.Rngs(0)))
-    return nnx.split(abstract)[0]
+def split(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+    """``model`` as its static graph definition and its parameters as a pure nested dict."""
+    gdef, params = nnx.split(model)
+    return gdef, nnx.to_pure_dict(params)
 
 
-def graphdef(config: ml_collections.ConfigDict, name: str, dim: int):
-    """Static structure of network ``name`` for points of dimension ``dim`` (cached)."""
-    return _graphdef_cached(json.dumps({"model": config.model.to_dict()}, sort_keys=True), name, dim)
+def init_network(config: ml_collections.ConfigDict, name: str, dim: int,
+                 rng: jax.Array) -> tuple[nnx.GraphDef, dict]:
+    """Network ``name`` for points of dimension ``dim``, initialised from ``rng``, as
+    ``(graphdef, params)`` (``split``)."""
+    return split(_constructor(config, name, dim)(nnx.Rngs(params=rng)))
 
 
-def init_params(config: ml_collections.ConfigDict, name: str, dim: int, rng: jax.Array) -> dict:
-    model = _constructor(config, name, dim)(nnx.Rngs(params=rng))
-    return nnx.to_pure_dict(nnx.split(model)[1])
+def graphdefs(mapping: dict[str, nnx.GraphDef]) -> FrozenDict:
+    """The value of ``State.graphdefs``: a hashable mapping from network name to graphdef."""
+    return FrozenDict(mapping)
 
 
-def module(config: ml_collections.ConfigDict, name: str, dim: int, params: dict) -> nnx.Module:
-    """The network ``name`` with ``params`` (call inside or outside jit)."""
-    return nnx.merge(graphdef(config, name, dim), params)
+def module(state: State, name: str, params: Any) -> nnx.Module:
+    """The network ``name`` of ``state``: its graph definition merged with ``params``
+    (``state.params[name]``, the EMA, or parameters being differentiated; inside or outside jit)."""
+    return nnx.merge(state.graphdefs[name], params)
 
 
 def optimizer(config: ml_collections.ConfigDict, lr: float, *, updates_per_step: int = 1) -> optax.GradientTransformation:
@@ -156,7 +165,7 @@ def apply_map(config: ml_collections.ConfigDict, state: "State", name: str, x: j
     """Test-time map ``name`` (``"T"`` or ``"S"``) on ``x``: EMA parameters when kept; with
     ``model.noise_dim > 0`` the auxiliary noise is ``z ~ N(0, I)`` drawn from ``rng``, or
     ``z = 0`` when ``rng`` is None."""
-    net = module(config, name, x.shape[-1], map_params(config, state, name))
+    net = module(state, name, map_params(config, state, name))
     return net(x, noise(config, rng, x.shape[0]))
 
 

@@ -8,6 +8,10 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
     which has an integer ``step`` field. ``batch`` is one host batch (a dict of numpy arrays,
     see ``jot.data``) used only for shapes. The loop calls ``jax.eval_shape`` on it first and
     then runs it under ``jax.jit`` with replicated output shardings, so it must be pure.
+    Anything else the state needs, such as the networks' graph definitions
+    (``jot.methods._common.State.graphdefs``), is a static field (``pytree_node=False``):
+    part of the tree structure, so it must be hashable and comparable (jit's cache key), it
+    is not checkpointed, and a restore takes it from the ``jax.eval_shape`` target.
 
 ``train_step(config, state, batch) -> (state, metrics)``
     One optimisation step (which may contain several inner updates, e.g. ``K_T`` map steps
@@ -30,7 +34,7 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
     axis 1 (e.g. OTM: ``{"x": k_t + 1, "y": 1}``); an int applies to every key. Without it a
     step takes one unstacked batch.
 
-``schedule(config)`` and ``eps_model(config, state, image_shape, *, label)`` (diffusion methods)
+``schedule(config)`` and ``eps_model(config, state, *, label)`` (diffusion methods)
     The noise schedule and the trained noise predictor ``eps_fn(x, s, cond)`` of domain
     ``label`` (EMA parameters when the method keeps them); ``jot.translate.runner`` translates
     with any method that has both.

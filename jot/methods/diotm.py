@@ -39,10 +39,12 @@ def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
     dim = _common.stacked(batch, "x").shape[-1]
     keys = jax.random.split(rng, 4)
-    params = {n: _common.init_params(config, n, dim, k) for n, k in zip(("T", "S", "V"), keys[:3])}
+    nets = {n: _common.init_network(config, n, dim, k) for n, k in zip(("T", "S", "V"), keys[:3])}
+    params = {n: p for n, (_, p) in nets.items()}
     opt_state = {n: _optimizer(config, n).init(p) for n, p in params.items()}
     ema = {n: params[n] for n in MAPS} if config.train.ema else {}
-    return State(step=jnp.zeros((), jnp.int32), rng=keys[3], params=params, opt_state=opt_state, ema=ema)
+    return State(step=jnp.zeros((), jnp.int32), rng=keys[3], params=params, opt_state=opt_state, ema=ema,
+                 graphdefs=_common.graphdefs({n: g for n, (g, _) in nets.items()}))
 
 
 def _optimizer(config: ml_collections.ConfigDict, name: str):
@@ -54,7 +56,7 @@ def _optimizer(config: ml_collections.ConfigDict, name: str):
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
     counts = batches_per_step(config)
     xs, ys = _common.stacked(batch, "x", counts["x"]), _common.stacked(batch, "y", counts["y"])
-    _, n, dim = xs.shape
+    n = xs.shape[1]
     k = _common.k_t(config)
     lc = config.loss
     cost = dict(tau=lc.tau, reduce=lc.cost_reduce)
@@ -71,20 +73,20 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     params, opt_state = state.params, state.opt_state
     x, y = xs[0], ys[0]
     t_x, t_y, z_x, z_y = draws(keys[0])
-    T = _common.module(config, "T", dim, params["T"])
-    S = _common.module(config, "S", dim, params["S"])
+    T = _common.module(state, "T", params["T"])
+    S = _common.module(state, "S", params["S"])
     x_t = losses.interpolate(x, T(x, z_x), t_x)
     y_t = losses.interpolate(S(y, z_y), y, t_y)
 
     def loss_V(p):
-        V = _common.module(config, "V", dim, p)
+        V = _common.module(state, "V", p)
         return losses.value_loss(V, t_x, x_t, t_y, y_t, **cost, regularizer=lc.regularizer, weight=lc.reg_weight,
                                  hjb_kind=lc.hjb_kind, x=x, y=y)
 
     (lv, aux_v), g_v = jax.value_and_grad(loss_V, has_aux=True)(params["V"])
     new_v, os_v = _common.apply_grads(opt_v, params["V"], opt_state["V"], g_v)
     params, opt_state = {**params, "V": new_v}, {**opt_state, "V": os_v}
-    V = _common.module(config, "V", dim, new_v)
+    V = _common.module(state, "V", new_v)
 
     # 2. k_t map steps on fresh batches 1..k_t against the updated value function.
     def map_update(carry, inputs):
@@ -93,11 +95,11 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
         t_x, t_y, z_x, z_y = draws(key)
 
         def loss_T(p):
-            T = _common.module(config, "T", dim, p)
+            T = _common.module(state, "T", p)
             return losses.forward_map_loss(lambda u: T(u, z_x), V, x, t_x, **cost)
 
         def loss_S(p):
-            S = _common.module(config, "S", dim, p)
+            S = _common.module(state, "S", p)
             return losses.backward_map_loss(lambda u: S(u, z_y), V, y, t_y, **cost)
 
         (lt, aux_t), g_t = jax.value_and_grad(loss_T, has_aux=True)(p_maps["T"])

@@ -14,9 +14,6 @@ DDIB (``jot.diffusion.samplers.invert_then_sample``) using the EMA parameters.
 """
 from __future__ import annotations
 
-import functools
-import json
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,17 +35,6 @@ def schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
 def _build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], rngs: nnx.Rngs) -> unet.UNet:
     size, _, channels = image_shape
     return unet.from_config(config.model, in_channels=channels, image_size=size, rngs=rngs)
-
-
-@functools.lru_cache(maxsize=16)
-def _graphdef_cached(model_json: str, image_shape: tuple[int, int, int]):
-    config = ml_collections.ConfigDict({"model": json.loads(model_json)})
-    return nnx.split(nnx.eval_shape(lambda: _build(config, image_shape, nnx.Rngs(0))))[0]
-
-
-def graphdef(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]):
-    """Static structure of the UNet for ``(H, W, C)`` images (cached per model config)."""
-    return _graphdef_cached(json.dumps(config.model.to_dict(), sort_keys=True), tuple(image_shape))
 
 
 def _images_and_cond(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array | None]:
@@ -76,11 +62,12 @@ def _images_and_cond(config: ml_collections.ConfigDict, batch: dict) -> tuple[ja
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
     x0, _ = _images_and_cond(config, batch)
     k_params, k_state = jax.random.split(rng)
-    model = _build(config, x0.shape[1:], nnx.Rngs(params=k_params))
-    params = {"eps": nnx.to_pure_dict(nnx.split(model)[1])}
-    opt_state = {"eps": _common.optimizer(config, config.train.lr).init(params["eps"])}
-    ema = {"eps": params["eps"]} if config.train.ema else {}
-    return State(step=jnp.zeros((), jnp.int32), rng=k_state, params=params, opt_state=opt_state, ema=ema)
+    gdef, p_eps = _common.split(_build(config, x0.shape[1:], nnx.Rngs(params=k_params)))
+    params = {"eps": p_eps}
+    opt_state = {"eps": _common.optimizer(config, config.train.lr).init(p_eps)}
+    ema = {"eps": p_eps} if config.train.ema else {}
+    return State(step=jnp.zeros((), jnp.int32), rng=k_state, params=params, opt_state=opt_state, ema=ema,
+                 graphdefs=_common.graphdefs({"eps": gdef}))
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
@@ -93,11 +80,10 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     else:
         s = jax.random.randint(k_s, (n,), 0, top + 1).astype(jnp.float32)
     noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
-    gdef = graphdef(config, x0.shape[1:])
     gamma = config.loss.snr_gamma or None
 
     def loss_fn(p):
-        model = nnx.merge(gdef, p)
+        model = _common.module(state, "eps", p)
         return denoising.epsilon_loss(model, x0, noise, s, sched.alpha_bar_at(s), cond=cond, snr_gamma=gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params["eps"])
@@ -111,21 +97,21 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
 def eps_model(
     config: ml_collections.ConfigDict,
     state: State,
-    image_shape: tuple[int, int, int],
     *,
     label: int | None = None,
     use_ema: bool = True,
 ) -> unet.EpsModel:
-    """The trained ``eps_fn(x, s, cond)`` (EMA parameters by default); ``label`` fixes the domain."""
+    """The trained ``eps_fn(x, s, cond)`` (EMA parameters by default) for images of the shape
+    it was trained on (the UNet's graph definition is ``state.graphdefs["eps"]``); ``label``
+    fixes the domain."""
     params = _common.map_params(config, state, "eps") if use_ema else state.params["eps"]
-    return unet.EpsModel(graphdef(config, image_shape), params, label)
+    return unet.EpsModel(state.graphdefs["eps"], params, label)
 
 
 def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
     """DDIB translation of label-0 images ``x`` to label 1 with ``config.translate`` (``nfe``, ``end_step``)."""
-    shape = x.shape[1:]
     return samplers.invert_then_sample(
-        eps_model(config, state, shape, label=0), eps_model(config, state, shape, label=1), x,
+        eps_model(config, state, label=0), eps_model(config, state, label=1), x,
         schedule=schedule(config), nfe=config.translate.nfe, end=config.translate.end_step,
     )
 
@@ -134,7 +120,7 @@ def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdi
     """Held-out denoising loss (EMA model) at fixed steps ``s = S/10, S/2, 9S/10`` and fixed noise."""
     x0, cond = _images_and_cond(config, {k: jnp.asarray(v) for k, v in data.items()})
     sched = schedule(config)
-    model = eps_model(config, state, x0.shape[1:])
+    model = eps_model(config, state)
     noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
     out = {}
     for frac in (0.1, 0.5, 0.9):

@@ -39,16 +39,18 @@ def _optimizer(config: ml_collections.ConfigDict, name: str):
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
     dim = _common.stacked(batch, "x").shape[-1]
     keys = jax.random.split(rng, 3)
-    params = {"T": _common.init_params(config, "T", dim, keys[0]), "v": _common.init_params(config, "v", dim, keys[1])}
+    nets = {name: _common.init_network(config, name, dim, key) for name, key in zip(("T", "v"), keys[:2])}
+    params = {name: p for name, (_, p) in nets.items()}
     opt_state = {name: _optimizer(config, name).init(p) for name, p in params.items()}
     ema = {"T": params["T"]} if config.train.ema else {}
-    return State(step=jnp.zeros((), jnp.int32), rng=keys[2], params=params, opt_state=opt_state, ema=ema)
+    return State(step=jnp.zeros((), jnp.int32), rng=keys[2], params=params, opt_state=opt_state, ema=ema,
+                 graphdefs=_common.graphdefs({name: g for name, (g, _) in nets.items()}))
 
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
     counts = batches_per_step(config)
     xs, ys = _common.stacked(batch, "x", counts["x"]), _common.stacked(batch, "y", counts["y"])
-    _, n, dim = xs.shape
+    n = xs.shape[1]
     k = _common.k_t(config)
     lc = config.loss
     opt_map, opt_v = _optimizer(config, "T"), _optimizer(config, "v")
@@ -57,15 +59,15 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
 
     # 1. Potential step on fresh x (batch 0) and y, mapped by the current T.
     x, y = xs[0], ys[0]
-    tx = _common.module(config, "T", dim, state.params["T"])(x, _common.noise(config, keys[0], n))
+    tx = _common.module(state, "T", state.params["T"])(x, _common.noise(config, keys[0], n))
     r1 = lc.reg_weight if lc.regularizer == "r1" else 0.0
 
     def loss_v(p):
-        return losses.potential_loss(_common.module(config, "v", dim, p), tx, y, r1_weight=r1)
+        return losses.potential_loss(_common.module(state, "v", p), tx, y, r1_weight=r1)
 
     (lv, aux_v), g_v = jax.value_and_grad(loss_v, has_aux=True)(state.params["v"])
     p_v, os_v = _common.apply_grads(opt_v, state.params["v"], state.opt_state["v"], g_v)
-    v = _common.module(config, "v", dim, p_v)
+    v = _common.module(state, "v", p_v)
 
     # 2. k_t map steps on fresh source batches 1..k_t against the updated potential.
     def map_update(carry, inputs):
@@ -74,7 +76,7 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
         z = _common.noise(config, key, n)
 
         def loss_T(p):
-            T = _common.module(config, "T", dim, p)
+            T = _common.module(state, "T", p)
             return losses.map_loss(lambda u: T(u, z), v, x, tau=lc.tau, reduce=lc.cost_reduce)
 
         (lt, aux), g = jax.value_and_grad(loss_T, has_aux=True)(p_t)

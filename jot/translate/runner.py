@@ -103,9 +103,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     x = np.asarray(eval_data["x"][: tc.num_images])
     size = config.data.size
     check_images(x, size=size, channels=x.shape[-1], what="source images")
-    shape = x.shape[1:]
     sched = method.schedule(model.config)
-    eps_a, eps_b = (method.eps_model(model.config, model.state, shape, label=i) for i in (0, 1))
+    eps_a, eps_b = (method.eps_model(model.config, model.state, label=i) for i in (0, 1))
     rng = jax.random.PRNGKey(config.seed)
 
     common = dict(nfe=tc.nfe, schedule=sched, clip=tc.get("clip") or None)
