@@ -37,7 +37,7 @@ from jot.diffusion import schedules  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, transport  # noqa: E402
 from jot.ot import maps  # noqa: E402
-from jot.train import loop  # noqa: E402
+from jot import train  # noqa: E402
 from jot.translate import prior_ot  # noqa: E402
 
 
@@ -75,10 +75,10 @@ def main():
         report = transport.held_out(flat(m(e)), flat(q), source=flat(e), fitted_target=flat(q_fit))
         row = {"schedule": name, "alpha_bar_S": float(sched.alpha_bar[-1]), **report}
         if name == config.model.schedule and not args.no_model:
-            trainer = loop.Trainer(config, args.workdir)
-            if trainer.checkpoints.latest_step() is None:
-                raise FileNotFoundError(f"no dsm checkpoint in {args.workdir}; run benchmarks/translate_digits.py first.")
-            state = trainer.initial_state()
+            try:
+                state = train.restore(args.workdir, config=config).state
+            except train.NoRun as e:
+                raise SystemExit(f"{e}\nTrain the model first: python benchmarks/translate_digits.py") from e
             eps_b = dsm.eps_model(config, state, label=1)
             clf = LogisticRegression(max_iter=2000).fit(flat(sp.target_train), sp.target_labels)
             for tag, lm in (("without", None), ("with", m)):

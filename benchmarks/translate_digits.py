@@ -38,7 +38,7 @@ from jot.data import digits  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, image  # noqa: E402
 from jot.ot import exact, maps  # noqa: E402
-from jot.train import loop  # noqa: E402
+from jot import train  # noqa: E402
 from jot.translate import ddib, otald, sdedit  # noqa: E402
 
 
@@ -47,14 +47,16 @@ def load_model(workdir: str, preset: str, steps: int | None):
     config.train.progress = False
     if steps:
         config.train.steps = steps
-    trainer = loop.Trainer(config, workdir)
-    if trainer.checkpoints.latest_step() is None or trainer.checkpoints.latest_step() < config.train.steps:
-        trainer.checkpoints.close()
+    try:
+        model = train.restore(workdir, config=config)
+    except train.NoRun:
+        model = None
+    if model is None or model.step < config.train.steps:
         t0 = time.perf_counter()
-        loop.train(config, workdir)
+        train.train(config, workdir)
         print(f"trained dsm for {config.train.steps} steps in {time.perf_counter() - t0:.0f} s")
-        trainer = loop.Trainer(config, workdir)
-    return config, trainer.initial_state()
+        model = train.restore(workdir, config=config)
+    return model.config, model.state
 
 
 def timed(fn, x):

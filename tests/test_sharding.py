@@ -115,6 +115,25 @@ def test_mesh_errors_name_the_fix():
     assert sharding.initialize_distributed("localhost:1234", 1, 0) is False  # one process: nothing to join
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "slurm"),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),  # a one-task allocation is a single process
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "openmpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, "tpu"),
+    ({"TPU_WORKER_HOSTNAMES": "w0"}, None),
+    ({"JOT_DISTRIBUTED": "1"}, "explicit"),
+])
+def test_cluster_launchers_are_detected_from_the_environment(monkeypatch, env, expected):
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JOT_DISTRIBUTED",
+                 "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert sharding._cluster_detected() == expected
+
+
 # --------------------------------------------------------------------------- fsdp in training
 
 

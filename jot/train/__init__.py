@@ -1,4 +1,4 @@
-"""The generic training loop, mesh/sharding helpers, checkpoints, and ``restore`` for readers
+"""The generic training loop, checkpoints, and ``restore`` for readers
 of a trained model."""
 from jot.errors import UserError
 from jot.train.loop import Interrupted, Restored, TrainingDiverged, evaluate, restore, train
