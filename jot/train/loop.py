@@ -290,6 +290,10 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
     """Steps ``start .. train.steps`` with logging, checkpoints, the NaN guard and signal stops."""
     tc = config.train
     step_fn = trainer.step_fn()
+    # XLA's CPU collectives across processes (gloo) can deadlock when two steps' executions
+    # overlap on a process with several devices; such runs (tests, laptops) finish each step
+    # before dispatching the next. Accelerators keep asynchronous dispatch.
+    serial = jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.local_device_count() > 1
     last_good = trainer.checkpoints.latest_step()
 
     progress = None
@@ -303,6 +307,8 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
         with _StopSignals() as stop:
             for step in range(start, tc.steps):
                 state, metrics = step_fn(state, trainer.batch(step))
+                if serial:
+                    jax.block_until_ready(state)
                 done = step + 1
                 done_since_log += 1
                 if done % tc.log_every == 0 or done == tc.steps:
