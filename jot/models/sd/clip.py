@@ -7,6 +7,13 @@ mask, ``quick_gelu`` (SD 1.x) or exact ``gelu`` (SD 2.x) MLPs, final LayerNorm.
 :class:`CLIPTokenizer` wraps the ``tokenizers`` library (byte-level BPE with
 ``</w>`` word ends, as transformers builds it) and pads/truncates every prompt
 to ``model_max_length`` (77) tokens ``<|startoftext|> ... <|endoftext|> pad...``.
+
+Textual inversion (placeholder tokens such as ``"<cat>"`` with learned embeddings):
+:meth:`CLIPTokenizer.add_tokens` gives the placeholders the ids ``V, V+1, ...`` after the
+vocabulary, and ``CLIPTextModel(ids, extra_embeddings=E)`` reads those ids from the rows of
+``E`` [K, D] while every other id reads the frozen token table, so only ``E`` needs to be
+trained (see :mod:`jot.models.sd.textual_inversion` for the file format and
+:func:`initial_embeddings` for a starting point).
 """
 
 from __future__ import annotations
@@ -124,9 +131,22 @@ class CLIPEmbeddings(nnx.Module):
         self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.hidden_size, **kw)
         self.position_embedding = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, **kw)
 
-    def __call__(self, input_ids: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, extra_embeddings: jax.Array | None = None) -> jax.Array:
         positions = jnp.arange(input_ids.shape[1])
-        return self.token_embedding(input_ids) + self.position_embedding(positions)[None]
+        return self.embed_tokens(input_ids, extra_embeddings) + self.position_embedding(positions)[None]
+
+    def embed_tokens(self, input_ids: jax.Array, extra_embeddings: jax.Array | None = None) -> jax.Array:
+        """Token embeddings [..., D]: ids below the table size V read ``token_embedding``; ids
+        ``V .. V+K-1`` read the rows of ``extra_embeddings`` [K, D]. Any other id gives NaN rows."""
+        if extra_embeddings is None:
+            return self.token_embedding(input_ids)  # out-of-range ids read NaN (jnp.take's "fill" mode)
+        table = self.token_embedding
+        size = table.num_embeddings
+        extra = jnp.asarray(extra_embeddings, table.dtype or table.embedding.dtype)
+        is_extra = input_ids >= size
+        base = table(jnp.where(is_extra, 0, input_ids))
+        rows = jnp.take(extra, jnp.where(is_extra, input_ids - size, 0), axis=0, mode="fill", fill_value=jnp.nan)
+        return jnp.where(is_extra[..., None], rows, base)
 
 
 class CLIPEncoder(nnx.Module):
@@ -168,26 +188,72 @@ class CLIPTextModel(nnx.Module):
             cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, **kw
         )
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    @property
+    def num_embeddings(self) -> int:
+        """V, the number of rows of the (frozen) token table; ids from V on need ``extra_embeddings``."""
+        return self.embeddings.token_embedding.num_embeddings
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        extra_embeddings: jax.Array | None = None,
+    ) -> jax.Array:
         """``input_ids`` [N, L] (L <= max_position_embeddings) -> ``last_hidden_state`` [N, L, hidden_size].
 
         ``attention_mask`` [N, L] (1 = real token, 0 = padding) additionally hides
         padding keys; Stable Diffusion pipelines pass none.
+
+        ``extra_embeddings`` [K, hidden_size] holds the embeddings of the ids ``V .. V+K-1``
+        (V = :attr:`num_embeddings`), e.g. textual-inversion placeholder tokens added with
+        :meth:`CLIPTokenizer.add_tokens`; ids below V read the token table. The table is only
+        read, so differentiating with respect to ``extra_embeddings`` alone trains just those
+        K rows and leaves the table bit-identical. Ids outside ``[0, V+K)`` (``[0, V)``
+        without ``extra_embeddings``) raise ValueError when ``input_ids`` is concrete; under
+        ``jax.jit`` they cannot be checked and give NaN outputs instead of another row.
         """
-        input_ids = jnp.asarray(input_ids)
         cfg = self.config
-        if input_ids.ndim != 2 or input_ids.shape[1] > cfg.max_position_embeddings:
+        size = self.num_embeddings
+        if np.ndim(input_ids) != 2 or np.shape(input_ids)[1] > cfg.max_position_embeddings:
             raise ValueError(
                 f"input_ids must be [N, L] with L <= max_position_embeddings={cfg.max_position_embeddings}, "
-                f"got shape {tuple(input_ids.shape)}; tokenize with CLIPTokenizer (pads/truncates to 77)."
+                f"got shape {tuple(np.shape(input_ids))}; tokenize with CLIPTokenizer (pads/truncates to 77)."
             )
+        limit = size
+        if extra_embeddings is not None:
+            shape = tuple(np.shape(extra_embeddings))
+            if len(shape) != 2 or shape[1] != cfg.hidden_size or shape[0] == 0:
+                raise ValueError(
+                    f"extra_embeddings must be [K, hidden_size={cfg.hidden_size}] with K >= 1 (one row per added "
+                    f"token, ids {size}..{size}+K-1), got shape {shape}; stack the rows of the added tokens in id "
+                    "order (textual_inversion.extend does)."
+                )
+            limit = size + shape[0]
+        if not isinstance(input_ids, jax.core.Tracer):
+            _check_ids(np.asarray(input_ids), size, limit, cfg.hidden_size)
+        input_ids = jnp.asarray(input_ids)
         length = input_ids.shape[1]
         mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
         if attention_mask is not None:
             mask = mask & jnp.asarray(attention_mask, bool)[:, None, None, :]
-        x = self.embeddings(input_ids)
+        x = self.embeddings(input_ids, extra_embeddings)
         x = self.encoder(x, mask)
         return self.final_layer_norm(x)
+
+
+def _check_ids(input_ids: np.ndarray, size: int, limit: int, hidden_size: int) -> None:
+    """Raises ValueError naming the ids outside ``[0, limit)`` (a table of ``size`` rows + extra rows)."""
+    if not input_ids.size or (input_ids.min() >= 0 and input_ids.max() < limit):
+        return
+    bad = sorted({int(i) for i in input_ids.ravel() if i < 0 or i >= limit})
+    if limit == size:
+        what = f"the token table of {size} rows"
+        fix = f"pass extra_embeddings [K, {hidden_size}] holding the rows of the added token ids {size}..{size}+K-1"
+    else:
+        what = f"the token table of {size} rows + {limit - size} extra_embeddings rows"
+        fix = "pass one extra_embeddings row per token added to the tokenizer, in id order"
+    raise ValueError(f"input_ids {bad[:10]} are outside [0, {limit}) ({what}); {fix}.")
 
 
 def _special_token(config: Mapping[str, Any], key: str, default: str) -> str:
@@ -215,6 +281,58 @@ class CLIPTokenizer:
         self.tokenizer = tokenizer
         self.model_max_length = model_max_length
         self.pad_token_id = pad_id
+        self.added_tokens: list[str] = []  # placeholder tokens from add_tokens, in id order
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids, placeholder tokens from :meth:`add_tokens` included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def add_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Adds placeholder tokens (e.g. ``["<cat>"]``) and returns their ids.
+
+        The ids are ``vocab_size, vocab_size + 1, ...`` in the order given. Each token is
+        matched as a whole in the (lowercased) prompt and never split by BPE, as after
+        transformers' ``CLIPTokenizer.add_tokens``: ``"a photo of <cat>"`` ends in the id of
+        ``"<cat>"``. Raises ValueError for a token that is already a token (of the vocabulary
+        or added before), repeated, or empty; nothing is added then.
+        """
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        tokens = list(tokens)
+        seen: set[str] = set()
+        for token in tokens:
+            if not isinstance(token, str) or not token.strip():
+                raise ValueError(
+                    f"placeholder token {token!r} must be a non-empty string such as '<cat>'; pick another name."
+                )
+            if token in seen or self.tokenizer.token_to_id(token) is not None:
+                where = "is repeated in the tokens to add" if token in seen else "is already a token of the tokenizer"
+                raise ValueError(
+                    f"placeholder token {token!r} {where} (id {self.tokenizer.token_to_id(token)}); a placeholder must "
+                    f"be new so that it gets its own embedding row. Pick another name, e.g. '<{token.strip('<>')}-1>'."
+                )
+            seen.add(token)
+        first = self.vocab_size
+        added = self.tokenizer.add_tokens(
+            [tokenizers.AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=True) for t in tokens]
+        )
+        ids = [self.tokenizer.token_to_id(t) for t in tokens]
+        if added != len(tokens) or ids != list(range(first, first + len(tokens))):
+            raise ValueError(
+                f"adding {tokens} gave ids {ids}, expected {list(range(first, first + len(tokens)))}; the tokenizer's "
+                "vocabulary ids are not contiguous, so placeholder ids cannot follow it."
+            )
+        self.added_tokens.extend(tokens)
+        return ids
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` alone: no start/end token, no padding (truncated to ``model_max_length``)."""
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return [i for i, m in zip(encoding.ids, encoding.attention_mask) if m]
 
     @classmethod
     def from_dir(cls, path: str | Path, *, model_max_length: int | None = None) -> CLIPTokenizer:
@@ -253,6 +371,30 @@ class CLIPTokenizer:
             texts = [texts]
         encodings = self.tokenizer.encode_batch(list(texts))
         return np.asarray([e.ids for e in encodings], dtype=np.int32)
+
+
+def initial_embeddings(
+    text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, init_text: str, num: int = 1
+) -> jax.Array:
+    """Starting rows [num, hidden_size] (float32) for ``num`` placeholder embeddings.
+
+    Each row is the mean of the token-table rows of ``init_text``'s tokens: one token's
+    embedding for a single word such as ``"photo"`` (as diffusers' textual-inversion
+    training initialises from ``--initializer_token``), the mean over a phrase otherwise.
+    Raises ValueError when ``init_text`` has no tokens or uses a placeholder token.
+    """
+    if num < 1:
+        raise ValueError(f"num={num} placeholder rows requested; expected at least 1.")
+    ids = tokenizer.token_ids(init_text)
+    size = text_encoder.num_embeddings
+    if not ids or max(ids) >= size:
+        raise ValueError(
+            f"init_text {init_text!r} gives token ids {ids}; expected at least one token of the text encoder's "
+            f"table ({size} rows). Use ordinary words, e.g. 'photo' or 'a small cat', not empty text or placeholders."
+        )
+    table = text_encoder.embeddings.token_embedding.embedding[...]
+    row = jnp.mean(jnp.take(table, jnp.asarray(ids), axis=0).astype(jnp.float32), axis=0)
+    return jnp.broadcast_to(row, (num, row.shape[0]))
 
 
 def _bpe_from_files(vocab: Path, merges: Path, *, bos: str, eos: str, unk: str) -> tokenizers.Tokenizer:
