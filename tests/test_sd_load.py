@@ -13,7 +13,7 @@ from flax import nnx
 from test_sd_clip import TEXTS, tiny_clip_config, write_vocab
 
 from jot.models import sd
-from jot.models.sd import UNet2DConditionModel, alpha_bar_from_config, convert_state_dict, read_weights
+from jot.models.sd import UNet2DConditionModel, convert_state_dict, read_weights, schedule_from_config
 
 torch.set_num_threads(1)  # the test machine is small and shared; more threads only spin
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -114,17 +114,43 @@ def test_load_matches_torch_pipeline(pipeline):
     _close("load vae decode", images, ref_images.numpy().transpose(0, 2, 3, 1))
 
     assert parts.scheduler_config["beta_schedule"] == "scaled_linear"
-    np.testing.assert_allclose(parts.schedule, pipe.scheduler.alphas_cumprod.numpy(), rtol=1e-5)
-    assert parts.schedule.shape == (1000,)
+    np.testing.assert_allclose(parts.schedule.alpha_bar, pipe.scheduler.alphas_cumprod.numpy(), rtol=1e-5)
+    assert parts.schedule.alpha_bar.shape == (1000,)
+    assert parts.prediction_type == "epsilon"
 
 
-def test_alpha_bar_linear_and_unknown():
-    linear = alpha_bar_from_config(
-        {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 10}
-    )
-    np.testing.assert_allclose(linear, np.cumprod(1 - np.linspace(1e-4, 0.02, 10)))
-    with pytest.raises(ValueError, match=r"beta_schedule='squaredcos_cap_v2' is not supported"):
-        alpha_bar_from_config({"beta_schedule": "squaredcos_cap_v2"})
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 10},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 50},
+        {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 100},
+        {"num_train_timesteps": 20},  # diffusers' defaults: linear, 1e-4 .. 0.02
+    ],
+    ids=["linear", "scaled_linear", "squaredcos_cap_v2", "defaults"],
+)
+def test_schedule_matches_diffusers(config):
+    schedule = schedule_from_config(config)
+    want = diffusers.DDIMScheduler(**config).alphas_cumprod.numpy()
+    np.testing.assert_allclose(np.asarray(schedule.alpha_bar), want, rtol=1e-5, atol=1e-9)  # float32 cumprod
+
+
+def test_schedule_unsupported_configs():
+    with pytest.raises(ValueError, match=r"beta_schedule='sigmoid' is not supported; expected one of"):
+        schedule_from_config({"beta_schedule": "sigmoid"})
+    with pytest.raises(ValueError, match=r"sets trained_betas"):
+        schedule_from_config({"beta_schedule": "linear", "trained_betas": [0.1, 0.2]})
+    with pytest.raises(ValueError, match=r"rescale_betas_zero_snr=True, which is not supported"):
+        schedule_from_config({"beta_schedule": "linear", "rescale_betas_zero_snr": True})
+
+
+def test_unknown_prediction_type(pipeline, tmp_path):
+    folder = _copy(pipeline[1], tmp_path)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(config, prediction_type="sample")))
+    with pytest.raises(ValueError, match=r"prediction_type='sample' is not supported; expected one of"):
+        sd.load(folder)
 
 
 def _copy(folder, tmp_path):

@@ -19,6 +19,15 @@ with ``sigma = eta sqrt((1 - a') / (1 - a) (1 - a / a'))`` (``eta = 0``: DDIM, d
 ``eta = 1``: DDPM ancestral sampling, the exact posterior ``q(x_{s'} | x_s, x0_hat)``).
 ``end = -1`` (``alpha_bar = 1``) returns ``x0_hat`` of the last step.
 
+Explicit grids. ``ddim_sample``, ``ddpm_sample`` and ``ddim_invert`` also take ``steps=``, a
+1-D array ``s_0..s_nfe`` of (fractional) steps used as the grid instead of the uniform one
+(``nfe = len(steps) - 1``; ``start``/``end`` are then not given). It is a traced argument: a
+new grid of the same length reuses the compiled sampler. This runs samplers on another
+library's timestep grid, e.g. diffusers' DDIMScheduler with "leading" spacing: the timesteps
+``t_k`` (``steps_offset`` included) followed by the final destination, ``-1`` when
+``set_alpha_to_one`` (``alpha_bar = 1``) or ``0`` otherwise (``alpha_bar[0]``); see
+``jot.models.sd.StableDiffusion.ddim_steps``. Sampling grids decrease, inversion grids increase.
+
 Inversion runs the same update toward more noise on the reversed grid, evaluating the model
 at the *destination* step with the current state, ``eps_hat = eps_fn(x_k, s_{k+1})``, so the
 model is never queried at ``s = -1`` (where ``eps`` is undefined) and its evaluation points are
@@ -98,9 +107,46 @@ def _batch_steps(s: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.full((x.shape[0],), s, jnp.float32)
 
 
+def _grid(start, end, nfe, steps):
+    """The ``nfe + 1`` steps of a run: ``steps`` if given, else uniform from ``start`` to ``end``."""
+    if steps is not None:
+        return jnp.asarray(steps, jnp.float32)
+    return jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
+
+
+def _check_steps(
+    steps: Any, nfe: int | None, bound: float | None, *, what: str, bound_name: str = "start"
+) -> tuple[Any, int]:
+    """Validates an explicit step grid (or ``nfe`` without one); returns ``(steps, nfe)``."""
+    if steps is None:
+        if nfe is None:
+            raise ValueError(
+                f"{what} needs nfe (the number of model evaluations on the uniform grid) or steps "
+                "(an explicit 1-D array of nfe + 1 steps); pass e.g. nfe=10."
+            )
+        return None, check_nfe(nfe)
+    shape = jnp.shape(steps)
+    if len(shape) != 1 or shape[0] < 2:
+        raise ValueError(
+            f"steps has shape {tuple(shape)}; expected a 1-D array of nfe + 1 >= 2 steps "
+            "s_0..s_nfe (the grid including the final destination)."
+        )
+    if nfe is not None and nfe != shape[0] - 1:
+        raise ValueError(
+            f"nfe={nfe!r} but steps has {shape[0]} entries (nfe={shape[0] - 1}); pass one of them, "
+            "or steps with nfe + 1 entries."
+        )
+    if bound is not None:
+        raise ValueError(
+            f"{bound_name}={bound!r} was given together with steps; the grid steps[0]..steps[-1] already "
+            "fixes both ends. Pass steps or start/end, not both."
+        )
+    return steps, shape[0] - 1
+
+
 @partial(jax.jit, static_argnames=("nfe", "clip"))
-def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe, clip):
-    grid = jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
+def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, steps=None, *, nfe, clip):
+    grid = _grid(start, end, nfe, steps)
     keys = jax.random.split(rng, nfe)
 
     def body(x, k):
@@ -116,8 +162,8 @@ def _sample(eps_fn, schedule, x, cond, rng, start, end, eta, *, nfe, clip):
 
 
 @partial(jax.jit, static_argnames=("nfe",))
-def _invert(eps_fn, schedule, x, cond, start, end, *, nfe):
-    grid = jnp.linspace(start, end, nfe + 1).astype(jnp.float32)
+def _invert(eps_fn, schedule, x, cond, start, end, steps=None, *, nfe):
+    grid = _grid(start, end, nfe, steps)
 
     def body(x, k):
         s, s_next = grid[k], grid[k + 1]
@@ -138,22 +184,25 @@ def ddim_sample(
     x: jax.Array,
     *,
     schedule: Schedule,
-    nfe: int,
+    nfe: int | None = None,
     start: float | None = None,
     end: float = -1.0,
     cond: Any = None,
     clip: float | None = None,
+    steps: Any = None,
 ) -> jax.Array:
     """Deterministic DDIM (eta = 0) from step ``start`` (default ``S-1``) down to ``end``.
 
     Makes exactly ``nfe`` calls of ``eps_fn``. ``x`` is the state at ``start`` (e.g. N(0, I)
     noise, or an inverted latent); returns the state at ``end`` (``end=-1``: clean data).
     ``clip``: clip ``x0_hat`` to ``[-clip, clip]`` at every step (pixel data in [-1, 1]: 1.0).
+    ``steps``: an explicit decreasing grid ``s_0..s_nfe`` instead of ``start``/``end``/``nfe``
+    (module docstring, "Explicit grids").
     """
-    check_nfe(nfe)
+    steps, nfe = _check_steps(steps, nfe, start, what="ddim_sample")
     start = _default_start(schedule, start)
-    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, jax.random.PRNGKey(0), start, end, 0.0, nfe=nfe,
-                   clip=clip)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, jax.random.PRNGKey(0), start, end, 0.0, steps,
+                   nfe=nfe, clip=clip)
 
 
 def ddpm_sample(
@@ -162,22 +211,23 @@ def ddpm_sample(
     rng: jax.Array,
     *,
     schedule: Schedule,
-    nfe: int,
+    nfe: int | None = None,
     start: float | None = None,
     end: float = -1.0,
     cond: Any = None,
     eta: float = 1.0,
     clip: float | None = None,
+    steps: Any = None,
 ) -> jax.Array:
     """Ancestral (stochastic) sampling on the ``nfe``-step grid; ``eta=1`` is DDPM.
 
     With a skipped grid the update is the exact Gaussian posterior of the forward process
     between consecutive grid steps given ``x0_hat``. Makes exactly ``nfe`` calls of ``eps_fn``.
-    ``clip`` as in ``ddim_sample``.
+    ``clip`` and ``steps`` as in ``ddim_sample``.
     """
-    check_nfe(nfe)
+    steps, nfe = _check_steps(steps, nfe, start, what="ddpm_sample")
     start = _default_start(schedule, start)
-    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, rng, start, end, eta, nfe=nfe, clip=clip)
+    return _sample(as_pytree_fn(eps_fn), schedule, x, cond, rng, start, end, eta, steps, nfe=nfe, clip=clip)
 
 
 def ddim_invert(
@@ -185,19 +235,22 @@ def ddim_invert(
     x: jax.Array,
     *,
     schedule: Schedule,
-    nfe: int,
+    nfe: int | None = None,
     end: float | None = None,
     start: float = -1.0,
     cond: Any = None,
+    steps: Any = None,
 ) -> jax.Array:
     """DDIM inversion from step ``start`` (default ``-1``: clean data) up to ``end`` (default ``S-1``).
 
     Makes exactly ``nfe`` calls of ``eps_fn``, at the grid steps ``s_1..s_nfe`` (never at
     ``start``). ``ddim_sample(..., start=end, end=start)`` with the same ``nfe`` undoes it.
+    ``steps``: an explicit increasing grid ``s_0..s_nfe`` instead of ``start``/``end``/``nfe``;
+    ``ddim_sample(..., steps=steps[::-1])`` undoes it.
     """
-    check_nfe(nfe)
+    steps, nfe = _check_steps(steps, nfe, end, what="ddim_invert", bound_name="end")
     end = _default_start(schedule, end)
-    return _invert(as_pytree_fn(eps_fn), schedule, x, cond, start, end, nfe=nfe)
+    return _invert(as_pytree_fn(eps_fn), schedule, x, cond, start, end, steps, nfe=nfe)
 
 
 def split_nfe(nfe: int) -> tuple[int, int]:

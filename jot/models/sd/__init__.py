@@ -5,25 +5,27 @@ writes it, e.g. a copy of stable-diffusion-v1-5)::
 
     from jot.models import sd
     pipe = sd.load("/data/stable-diffusion-v1-5", dtype=jnp.bfloat16)
-    ids = pipe.tokenizer(["a photo of a cat"])          # [1, 77] int32
-    text = pipe.text_encoder(ids)                       # [1, 77, 768]
-    latents = pipe.vae.encode(images)                   # scaled by vae scaling_factor
-    eps = pipe.unet(latents, t, text)                   # NHWC
-    alpha_bar = pipe.schedule                           # [num_train_timesteps]
+    text = pipe.encode_prompt(["a photo of a cat"])     # [1, 77, 768] (tokenizer + text encoder)
+    latents = pipe.encode(images)                       # NHWC, scaled by vae scaling_factor
+    eps_fn = pipe.eps_fn(text, uncond=pipe.encode_prompt([""]), guidance=7.5)
+    latents = ddim_sample(eps_fn, noise, schedule=pipe.schedule, steps=pipe.ddim_steps(50))
+    images = pipe.decode(latents)                       # NHWC in about [-1, 1]
+
+``pipe.schedule`` is a ``jot.diffusion.schedules.Schedule`` (diffusers timesteps are jot
+steps); ``pipe.eps_fn`` returns epsilon for "epsilon" and "v_prediction" UNets alike
+(``pipe.prediction_type``). See ``jot.models.sd.pipeline``.
 
 Weights are read from safetensors only; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 from jax.typing import DTypeLike
@@ -38,6 +40,14 @@ from jot.models.sd.convert import (
     read_weights,
 )
 from jot.models.sd.layers import AttentionChunk
+from jot.models.sd.pipeline import (
+    PREDICTION_TYPES,
+    SDEps,
+    StableDiffusion,
+    check_prediction_type,
+    ddim_steps,
+    schedule_from_config,
+)
 from jot.sharding import param_shardings, shard_params
 from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
@@ -47,40 +57,25 @@ __all__ = [
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTokenizer",
+    "PREDICTION_TYPES",
+    "SDEps",
     "SafetensorsFiles",
     "StableDiffusion",
     "UNet2DConditionModel",
     "UNetConfig",
     "VAEConfig",
-    "alpha_bar_from_config",
+    "check_prediction_type",
     "convert_state_dict",
+    "ddim_steps",
     "find_weights",
     "load",
     "load_module",
     "param_shardings",
     "read_safetensors",
     "read_weights",
+    "schedule_from_config",
     "shard_params",
 ]
-
-
-@dataclasses.dataclass
-class StableDiffusion:
-    """The parts of a loaded pipeline.
-
-    Attributes:
-      unet, vae, text_encoder: Flax NNX modules holding the converted weights.
-      tokenizer: prompt -> ids [N, 77].
-      scheduler_config: the parsed ``scheduler/scheduler_config.json``.
-      schedule: VP ``alpha_bar`` [num_train_timesteps] (float64) from that config.
-    """
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    scheduler_config: dict[str, Any]
-    schedule: np.ndarray
 
 
 # subfolder -> (what belongs there, weights file stem)
@@ -89,30 +84,6 @@ _NETWORKS: dict[str, tuple[str, str]] = {
     "vae": ("the AutoencoderKL (config.json + diffusion_pytorch_model.safetensors)", "diffusion_pytorch_model"),
     "text_encoder": ("the CLIPTextModel (config.json + model.safetensors)", "model"),
 }
-
-
-def alpha_bar_from_config(config: dict[str, Any]) -> np.ndarray:
-    """``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` for a diffusers DDPM/DDIM/PNDM scheduler config.
-
-    ``beta_schedule`` "scaled_linear" (SD): ``betas = linspace(sqrt(beta_start), sqrt(beta_end), n) ** 2``;
-    "linear": ``linspace(beta_start, beta_end, n)``. Raises ValueError for anything else.
-    """
-    n = int(config.get("num_train_timesteps", 1000))
-    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
-    kind = config.get("beta_schedule", "linear")
-    if config.get("trained_betas") is not None:
-        raise ValueError(
-            "scheduler_config sets trained_betas; only beta_schedule 'linear'/'scaled_linear' is supported."
-        )
-    if kind == "scaled_linear":
-        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
-    elif kind == "linear":
-        betas = np.linspace(start, end, n, dtype=np.float64)
-    else:
-        raise ValueError(
-            f"scheduler_config beta_schedule={kind!r} is not supported; expected 'scaled_linear' or 'linear'."
-        )
-    return np.cumprod(1.0 - betas)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -161,7 +132,8 @@ def load(
         Same results up to float rounding, less memory and (on CPU) faster.
     Raises:
       FileNotFoundError naming the missing file or folder and what belongs there;
-      ValueError for pickled-only, corrupt or mismatched weights.
+      ValueError for pickled-only, corrupt or mismatched weights, and for a scheduler config
+      with an unsupported beta schedule or prediction_type.
     """
     root = Path(path)
     _read_json(root / "model_index.json", "model_index.json of a diffusers pipeline")
@@ -188,7 +160,8 @@ def load(
     tokenizer_dir = _subfolder(root, "tokenizer", "the CLIP tokenizer (vocab.json + merges.txt or tokenizer.json)")
     scheduler_dir = _subfolder(root, "scheduler", "scheduler_config.json")
     scheduler_config = _read_json(scheduler_dir / "scheduler_config.json", "the scheduler config")
-    schedule = alpha_bar_from_config(scheduler_config)
+    schedule = schedule_from_config(scheduler_config)
+    prediction_type = check_prediction_type(scheduler_config.get("prediction_type", "epsilon"))
     tokenizer = CLIPTokenizer.from_dir(tokenizer_dir)
 
     networks: dict[str, Any] = {}
@@ -206,4 +179,5 @@ def load(
         tokenizer=tokenizer,
         scheduler_config=scheduler_config,
         schedule=schedule,
+        prediction_type=prediction_type,
     )
