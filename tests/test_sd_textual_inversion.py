@@ -60,7 +60,7 @@ def test_add_tokens_errors(tmp_path):
     tok, _ = _tokenizers(tmp_path)
     tok.add_tokens(["<cat>"])
     size = len(tok)
-    with pytest.raises(ValueError, match=r"placeholder token '<cat>' is already a token of the tokenizer .*Pick another"):
+    with pytest.raises(ValueError, match=r"token '<cat>' is already a token of the tokenizer .*Pick another"):
         tok.add_tokens(["<new>", "<cat>"])
     with pytest.raises(ValueError, match=r"placeholder token 'photo</w>' is already a token of the tokenizer"):
         tok.add_tokens(["photo</w>"])
@@ -144,9 +144,9 @@ def test_out_of_range_ids(encoders):
     ids = np.full((1, 77), 3, np.int32)
     ids[0, 5] = size + 1
     extra = np.ones((1, 32), np.float32)
-    with pytest.raises(ValueError, match=rf"input_ids \[{size + 1}\] are outside \[0, {size}\) .*pass extra_embeddings"):
+    with pytest.raises(ValueError, match=rf"input_ids \[{size + 1}\] are outside \[0, {size}\) .*pass extra_emb"):
         model(ids)
-    with pytest.raises(ValueError, match=rf"input_ids \[{size + 1}\] are outside \[0, {size + 1}\) .*1 extra_embeddings"):
+    with pytest.raises(ValueError, match=rf"input_ids \[{size + 1}\] are outside \[0, {size + 1}\) .*1 extra_emb"):
         model(ids, extra_embeddings=extra)
     with pytest.raises(ValueError, match=r"extra_embeddings must be \[K, hidden_size=32\] .*got shape \(32,\)"):
         model(ids, extra_embeddings=np.ones(32, np.float32))
@@ -167,7 +167,8 @@ def test_initial_embeddings(encoders):
     assert rows.shape == (3, 32) and rows.dtype == np.float32
     np.testing.assert_array_equal(rows, np.broadcast_to(table[photo], (3, 32)))
     phrase = tok.token_ids("the cat")
-    np.testing.assert_allclose(np.asarray(initial_embeddings(model, tok, "the cat"))[0], table[phrase].mean(0), atol=1e-6)
+    mean = np.asarray(initial_embeddings(model, tok, "the cat"))[0]
+    np.testing.assert_allclose(mean, table[phrase].mean(0), atol=1e-6)
     tok.add_tokens(["<cat>"])
     with pytest.raises(ValueError, match=r"init_text '<cat>' gives token ids \[525\]"):
         initial_embeddings(model, tok, "<cat>")
@@ -199,7 +200,8 @@ def test_diffusers_loads_saved_embeddings(pipeline, tmp_path):  # noqa: F811
 
     prompts = ["a photo of <cat>", "<dog> on a mat with <cat>"]
     ref_prompts = pipe.maybe_convert_prompt(prompts, pipe.tokenizer)
-    assert [expand_prompt(p, tok) for p in prompts] == ref_prompts == ["a photo of <cat>", "<dog> <dog>_1 on a mat with <cat>"]
+    assert ref_prompts == ["a photo of <cat>", "<dog> <dog>_1 on a mat with <cat>"]
+    assert [expand_prompt(p, tok) for p in prompts] == ref_prompts
     ids = tok([expand_prompt(p, tok) for p in prompts])
     np.testing.assert_array_equal(ids, _ref_ids(pipe.tokenizer, ref_prompts))
     with torch.no_grad():
@@ -227,7 +229,8 @@ def test_load_embeddings_errors_and_variants(tmp_path):
     torch.save({"<p>": torch.ones(32)}, tmp_path / "learned_embeds.bin")
     with pytest.raises(ValueError, match=r"learned_embeds.bin is a pickled PyTorch file"):
         load_embeddings(tmp_path / "learned_embeds.bin")
-    safetensors.numpy.save_file({"a": np.ones(32, np.float32), "b": np.ones(32, np.float32)}, tmp_path / "two.safetensors")
+    two = {"a": np.ones(32, np.float32), "b": np.ones(32, np.float32)}
+    safetensors.numpy.save_file(two, tmp_path / "two.safetensors")
     with pytest.raises(ValueError, match=r"two.safetensors holds 2 tensors"):
         load_embeddings(tmp_path / "two.safetensors")
     with pytest.raises(ValueError, match=r"save_embeddings writes one token per file"):
