@@ -129,11 +129,37 @@ def test_epsilon_loss_matches_numpy(snr_gamma):
     np.testing.assert_allclose(float(mean), ref.mean(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_velocity_loss_matches_numpy(snr_gamma):
+    rng = np.random.default_rng(1)
+    x0 = rng.normal(size=(6, 4, 4, 1)).astype(np.float32)
+    noise = rng.normal(size=x0.shape).astype(np.float32)
+    s = np.array([0, 10, 100, 400, 700, 999], np.float32)
+    ab = np.asarray(schedules.make("scaled_linear").alpha_bar)[s.astype(int)]
+
+    def v_fn(x, s, cond):
+        return -0.4 * x + cond * 1e-3 * s[:, None, None, None]
+
+    per = jax.jit(lambda x0, n, s, a: denoising.velocity_loss(v_fn, x0, n, s, a, cond=2.0, snr_gamma=snr_gamma,
+                                                              reduction="none"))(x0, noise, s, ab)
+    a = ab[:, None, None, None].astype(np.float64)
+    xs = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    v = np.sqrt(a) * noise - np.sqrt(1 - a) * x0
+    ref = ((-0.4 * xs + 2e-3 * s[:, None, None, None] - v) ** 2).reshape(6, -1).mean(1)
+    if snr_gamma is not None:
+        snr = ab / (1 - ab)
+        ref = ref * np.minimum(snr, snr_gamma) / (snr + 1)
+    np.testing.assert_allclose(np.asarray(per), ref, rtol=1e-4)
+    # The exact velocity has zero loss.
+    exact = denoising.velocity_loss(lambda x, s, c: jnp.asarray(v, jnp.float32), x0, noise, s, ab)
+    assert float(exact) < 1e-10
+
+
 def test_epsilon_loss_shape_errors():
     x0 = jnp.zeros((3, 2))
     with pytest.raises(ValueError, match=r"noise has shape \(3, 3\)"):
         denoising.epsilon_loss(lambda x, s, c: x, x0, jnp.zeros((3, 3)), jnp.zeros(3), jnp.full(3, 0.5))
     with pytest.raises(ValueError, match=r"must both have shape \(3,\)"):
         denoising.epsilon_loss(lambda x, s, c: x, x0, x0, jnp.zeros(2), jnp.full(3, 0.5))
-    with pytest.raises(ValueError, match=r"eps_fn returned shape \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"the model returned shape \(3, 1\); expected the input shape \(3, 2\)"):
         denoising.epsilon_loss(lambda x, s, c: x[:, :1], x0, x0, jnp.zeros(3), jnp.full(3, 0.5))

@@ -8,7 +8,7 @@ No Flax, no optax, no globals: close the callables over your parameters and take
 """
 from jot.losses import costs, denoising, displacement, regularizers, semi_dual
 from jot.losses.costs import quadratic, quadratic_scale
-from jot.losses.denoising import epsilon_loss
+from jot.losses.denoising import epsilon_loss, velocity_loss
 from jot.losses.displacement import backward_map_loss, forward_map_loss, interpolate, value_loss
 from jot.losses.regularizers import hjb_penalty, hjb_residual, r1_penalty, r1_regularizer
 from jot.losses.semi_dual import map_loss, potential_loss
@@ -32,4 +32,5 @@ __all__ = [
     "regularizers",
     "semi_dual",
     "value_loss",
+    "velocity_loss",
 ]

@@ -9,6 +9,7 @@ _REGISTRY = {
     "otm": "jot.methods.otm",
     "diotm": "jot.methods.diotm",
     "dsm": "jot.methods.dsm",
+    "sd_dsm": "jot.methods.sd_dsm",
 }
 
 

@@ -365,6 +365,18 @@ class CLIPTokenizer:
             model_max_length = 77 if value is None or value > _UNSET_LENGTH else int(value)
         return cls(tok, model_max_length=model_max_length, pad_token=pad)
 
+    @classmethod
+    def byte_level(cls, *, model_max_length: int = 77) -> CLIPTokenizer:
+        """CLIP's tokenizer with no merges: the 256 byte symbols, their word-final forms and the
+        start/end tokens (514 ids), so every byte of a word is one token. For small models
+        trained from scratch, which need no vocabulary files."""
+        symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+        bos, eos = "<|startoftext|>", "<|endoftext|>"
+        names = symbols + [c + "</w>" for c in symbols] + [bos, eos]
+        tok = _bpe({t: i for i, t in enumerate(names)}, [], bos=bos, eos=eos, unk=eos)
+        tok.add_special_tokens([bos, eos])
+        return cls(tok, model_max_length=model_max_length, pad_token=eos)
+
     def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
         """Token ids [N, model_max_length] (int32) of one prompt or a list of prompts."""
         if isinstance(texts, str):
@@ -400,6 +412,10 @@ def initial_embeddings(
 def _bpe_from_files(vocab: Path, merges: Path, *, bos: str, eos: str, unk: str) -> tokenizers.Tokenizer:
     """The CLIP pipeline of ``tokenizers``: NFC + whitespace squash + lowercase, CLIP split, byte-level BPE."""
     vocab_map, merge_list = BPE.read_file(str(vocab), str(merges))
+    return _bpe(vocab_map, merge_list, bos=bos, eos=eos, unk=unk)
+
+
+def _bpe(vocab_map: dict[str, int], merge_list: list, *, bos: str, eos: str, unk: str) -> tokenizers.Tokenizer:
     tok = tokenizers.Tokenizer(
         BPE(
             vocab_map,
