@@ -138,7 +138,8 @@ def load_image(path: str, *, size: int, channels: int, resize: str) -> np.ndarra
 
 
 class FolderDataset:
-    """Two unpaired image folders as ``{"x": source, "y": target}`` batches (see module doc)."""
+    """Two unpaired image folders as ``{"x": source, "y": target}`` batches (see module doc);
+    with ``target=""`` one folder, ``{"x": source}`` (e.g. a concept for textual inversion)."""
 
     def __init__(self, source: str, target: str, *, size: int, channels: int, resize: str,
                  num_eval: int, batch_size: int, seed: int):
@@ -146,6 +147,8 @@ class FolderDataset:
         self._load: Callable[[str], np.ndarray] = lambda p: load_image(p, size=size, channels=channels, resize=resize)
         self._train, self._eval = {}, {}
         for key, folder in (("x", source), ("y", target)):
+            if key == "y" and not folder:
+                continue
             paths = list_images(folder)
             check_readable(paths, folder)
             if len(paths) <= num_eval:

@@ -10,6 +10,7 @@ _REGISTRY = {
     "diotm": "jot.methods.diotm",
     "dsm": "jot.methods.dsm",
     "sd_dsm": "jot.methods.sd_dsm",
+    "textual_inversion": "jot.methods.textual_inversion",
 }
 
 

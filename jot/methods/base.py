@@ -25,6 +25,13 @@ jitted by the loop; the loop owns sharding, checkpoints, logging and the NaN gua
 ``evaluate(config, state, data, workdir) -> dict[str, float]`` (optional, host side)
     Held-out metrics, and any artifacts written atomically under ``workdir``.
 
+``load_pretrained(config) -> pytree`` (optional, host side)
+    Frozen pretrained networks the method trains with (e.g. the SD UNet and text encoder of
+    textual inversion), read once from disk. The loop places them on the mesh by the
+    parameter rule, passes them to ``init(config, rng, batch, pretrained)``, and keeps them in
+    the state's ``pretrained`` field (``init`` leaves it None) during training and after
+    ``restore``; checkpoints never hold them, so they stay as small as the trained part.
+
 ``check_config(config)`` (optional)
     Raises ``jot.errors.UserError`` for method fields out of range; the loop calls it before
     it writes anything to the workdir.

@@ -179,12 +179,39 @@ def _sharded_batch(mesh, dataset, step: int, counts: dict[str, int] | None, lazy
                                 batch_axis=0 if counts is None else 1)
 
 
-def state_shardings(method, config: ml_collections.ConfigDict, mesh, batch: dict):
+def load_pretrained(method, config: ml_collections.ConfigDict, mesh):
+    """The method's frozen pretrained networks (``load_pretrained``, see ``jot.methods.base``)
+    placed on ``mesh`` by the parameter rule, or None for methods without them."""
+    if not hasattr(method, "load_pretrained"):
+        return None
+    tree = method.load_pretrained(config)
+    return jax.device_put(tree, sharding.tree_shardings(tree, mesh, min_size=sharding.min_shard_size(config)))
+
+
+def _init_fn(method, config: ml_collections.ConfigDict, pretrained):
+    """``(rng, batch[, pretrained]) -> state`` and its extra arguments."""
+    if pretrained is None:
+        return functools.partial(method.init, config), ()
+    return (lambda rng, batch, pre: method.init(config, rng, batch, pre)), (pretrained,)
+
+
+def attach(state, pretrained):
+    """``state`` with its ``pretrained`` field filled (unchanged when there is none)."""
+    return state if pretrained is None else state.replace(pretrained=pretrained)
+
+
+def detach(state):
+    """``state`` without its pretrained networks: what a checkpoint holds."""
+    return state.replace(pretrained=None) if getattr(state, "pretrained", None) is not None else state
+
+
+def state_shardings(method, config: ml_collections.ConfigDict, mesh, batch: dict, pretrained=None):
     """``(abstract, shardings)`` of the method's train state: ``jax.eval_shape`` of ``init`` on
     ``batch`` (nothing is computed) and one ``NamedSharding`` per leaf by the parameter rule
     (``jot.sharding.param_spec``; optimiser moments and EMA have their parameter's shape, so they
-    follow it)."""
-    abstract = jax.eval_shape(functools.partial(method.init, config), jax.random.PRNGKey(config.seed), batch)
+    follow it). The pretrained networks are not part of it (``detach``)."""
+    init, extra = _init_fn(method, config, pretrained)
+    abstract = detach(jax.eval_shape(init, jax.random.PRNGKey(config.seed), batch, *extra))
     return abstract, sharding.tree_shardings(abstract, mesh, min_size=sharding.min_shard_size(config))
 
 
@@ -207,7 +234,10 @@ class Trainer:
         self.counts = batch_counts(self.method, config)
         self._lazy = _accepts_keys(self.dataset)
         self.replicated = sharding.replicated(self.mesh)
-        self.abstract, self.shardings = state_shardings(self.method, config, self.mesh, self.batch(0))
+        self.pretrained = load_pretrained(self.method, config, self.mesh)
+        self._pretrained_shardings = jax.tree.map(lambda x: x.sharding, self.pretrained)
+        self.abstract, self.shardings = state_shardings(self.method, config, self.mesh, self.batch(0),
+                                                        self.pretrained)
         self.checkpoints = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints, create=create
         )
@@ -217,17 +247,24 @@ class Trainer:
 
     def initial_state(self):
         """Restores the latest checkpoint, or initialises (see the resume order above), into
-        ``self.shardings``."""
+        ``self.shardings``; the pretrained networks are attached."""
         latest = self.checkpoints.latest_step()
         if latest is None:
-            init = jax.jit(functools.partial(self.method.init, self.config), out_shardings=self.shardings)
-            return init(jax.random.PRNGKey(self.config.seed), self.batch(0))
-        return self.checkpoints.restore(latest, sharding.with_shardings(self.abstract, self.shardings))
+            init_fn, extra = _init_fn(self.method, self.config, self.pretrained)
+            init = jax.jit(lambda *a: detach(init_fn(*a)), out_shardings=self.shardings)
+            state = init(jax.random.PRNGKey(self.config.seed), self.batch(0), *extra)
+        else:
+            state = self.checkpoints.restore(latest, sharding.with_shardings(self.abstract, self.shardings))
+        return attach(state, self.pretrained)
+
+    def save(self, step: int, state) -> None:
+        self.checkpoints.save(step, detach(state))
 
     def step_fn(self):
         """The jitted ``train_step``: the state is donated and stays in ``self.shardings``."""
+        out = attach(self.shardings, self._pretrained_shardings)
         return jax.jit(functools.partial(self.method.train_step, self.config), donate_argnums=0,
-                       out_shardings=(self.shardings, self.replicated))
+                       out_shardings=(out, self.replicated))
 
     def evaluate(self, state, workdir: str | None) -> dict:
         if not hasattr(self.method, "evaluate"):
@@ -329,12 +366,12 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
                     t0, done_since_log = time.perf_counter(), 0
                 stopping = stop.requested(done, tc.log_every)
                 if done % tc.checkpoint_every == 0 or done == tc.steps or stopping:
-                    if not bool(_all_finite(state)):
+                    if not bool(_all_finite(detach(state))):
                         raise TrainingDiverged(
                             f"parameters became non-finite by step {done}; last good checkpoint: step {last_good} in "
                             f"{trainer.checkpoints.directory}."
                         )
-                    trainer.checkpoints.save(done, state)
+                    trainer.save(done, state)
                     last_good = done
                 if stopping:
                     raise Interrupted(stop.signum, done, os.path.join(trainer.checkpoints.directory, str(done)))
@@ -444,8 +481,9 @@ def restore(workdir: str, *, step: int | None = None, config: ml_collections.Con
         dataset = dataset if dataset is not None else jot_data.build(config)
         mesh = mesh if mesh is not None else sharding.make_mesh(config)
         batch = _sharded_batch(mesh, dataset, 0, batch_counts(method, config))
-        abstract, shardings = state_shardings(method, config, mesh, batch)
-        state = checkpoints.restore(int(step), sharding.with_shardings(abstract, shardings))
+        pretrained = load_pretrained(method, config, mesh)
+        abstract, shardings = state_shardings(method, config, mesh, batch, pretrained)
+        state = attach(checkpoints.restore(int(step), sharding.with_shardings(abstract, shardings)), pretrained)
     finally:
         checkpoints.close()
     return Restored(config=config, state=state, step=int(step), method=method, dataset=dataset, mesh=mesh)

@@ -1,0 +1,249 @@
+"""Textual inversion (Gal et al. 2023): one new token embedding per placeholder token, learned
+from images with a frozen text-conditioned diffusion model (LSB's App. C.2 uses it to name a
+domain).
+
+The model is frozen and comes from ``config.model.path`` (a diffusers Stable Diffusion
+folder, trained in VAE latents) or ``config.model.workdir`` (a finished ``sd_dsm`` run, in
+its pixel space); ``load_pretrained`` reads it once and the loop keeps it out of the
+checkpoints. The trainable parameters are only the ``[K, D]`` rows of the placeholder tokens
+(``textual_inversion.tokens``), initialised from the mean token embedding of
+``textual_inversion.init_text`` ("a photo" by default); the text encoder's own table is never
+touched (``CLIPTextModel(..., extra_embeddings=...)``), so the UNet, VAE and table are
+bit-identical afterwards.
+
+One step: images ``x0`` (the batch entry ``textual_inversion.key``; VAE latents for a
+diffusers model), each with a prompt drawn from ``textual_inversion.templates`` with ``{}``
+replaced by the placeholder tokens; steps and noise as in ``sd_dsm``; the epsilon (or
+velocity) loss of the frozen UNet; one AdamW step (``train.lr``, ``train.weight_decay``) on
+the embedding rows.
+
+``evaluate`` writes ``learned_embeds.safetensors`` (one per token: ``learned_embeds.safetensors``
+for one token, ``learned_embeds-<i>.safetensors`` otherwise) in the format diffusers'
+``load_textual_inversion`` reads, and reports the held-out denoising loss with the first
+template's prompt and with each of ``textual_inversion.reference_prompts``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from jot.diffusion import schedules
+from jot.errors import UserError
+from jot.losses import denoising
+from jot.methods import _common, sd_dsm
+from jot.models.sd import clip as sd_clip
+from jot.models.sd import textual_inversion as ti_files
+
+
+@struct.dataclass
+class Pretrained:
+    """The frozen model: UNet and text-encoder parameters (leaves), the schedule, and, static,
+    their graph definitions, the tokenizer (with the placeholder tokens added), the
+    placeholder ids, the prediction type and, for latent models, the VAE."""
+
+    unet: Any
+    text_encoder: Any
+    schedule: schedules.Schedule
+    vae: Any
+    graphdefs: Any = struct.field(pytree_node=False)
+    tokenizer: Any = struct.field(pytree_node=False)
+    token_ids: tuple = struct.field(pytree_node=False)
+    prediction_type: str = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class State:
+    """``params["embeddings"]``: the ``[K, D]`` placeholder rows; ``pretrained``: the frozen
+    model, attached by the loop (None in checkpoints)."""
+
+    step: jax.Array
+    rng: jax.Array
+    params: dict
+    opt_state: dict
+    pretrained: Any = None
+
+
+def _tokens(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    tokens = config.textual_inversion.tokens
+    tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
+    if not tokens:
+        raise UserError("config.textual_inversion.tokens is empty; give the placeholder token(s), e.g. '<cat>'.")
+    return tokens
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    ti = config.textual_inversion
+    _tokens(config)
+    m = config.model
+    if bool(m.get("path")) == bool(m.get("workdir")):
+        raise UserError(
+            f"config.model.path={m.get('path')!r}, config.model.workdir={m.get('workdir')!r}: set exactly one, the "
+            "frozen model to invert into (a diffusers Stable Diffusion folder, or a finished sd_dsm run)."
+        )
+    if not ti.templates or any("{}" not in t for t in ti.templates):
+        raise UserError(f"config.textual_inversion.templates={tuple(ti.templates)}: each template needs one '{{}}' "
+                        "where the placeholder goes, e.g. 'a photo of a {}'.")
+    if config.train.ema:
+        raise UserError(f"config.train.ema={config.train.ema}: textual inversion keeps no EMA; set it to 0.")
+    if config.model.get("path") and not os.path.isdir(config.model.path):
+        raise UserError(f"config.model.path={config.model.path!r} is not a folder; point it at a diffusers Stable "
+                        "Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+
+
+def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW(train.lr, train.weight_decay) with the loop's schedule and clipping options."""
+    t = config.train
+    base = _common.optimizer(config, t.lr)  # schedule + clipping + Adam
+    return optax.chain(base, optax.add_decayed_weights(-t.lr * t.weight_decay)) if t.weight_decay else base
+
+
+def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
+    """Reads the frozen model (``model.path`` or ``model.workdir``) and adds the placeholder tokens."""
+    m = config.model
+    if m.get("workdir"):
+        from jot import train
+
+        run = train.restore(m.workdir)
+        if run.config.method != "sd_dsm":
+            raise UserError(f"config.model.workdir={m.workdir!r} holds a {run.config.method!r} run; textual inversion "
+                            "needs a text-conditioned model (an sd_dsm run, or a diffusers folder via model.path).")
+        st = run.state
+        unet = _common.map_params(run.config, st, "unet")
+        text = st.frozen["text_encoder"]
+        graphdefs = _common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]})
+        tokenizer = sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length)
+        schedule, prediction, vae = sd_dsm.schedule(run.config), run.config.model.prediction_type, None
+        num_embeddings = len(tokenizer)
+    else:
+        from jot.models import sd
+
+        pipe = sd.load(m.path)
+        unet_g, unet = _common.split(pipe.unet)
+        text_g, text = _common.split(pipe.text_encoder)
+        vae_g, vae = _common.split(pipe.vae)
+        graphdefs = _common.graphdefs({"unet": unet_g, "text_encoder": text_g, "vae": vae_g})
+        tokenizer, schedule, prediction = pipe.tokenizer, pipe.schedule, pipe.prediction_type
+        num_embeddings = pipe.text_encoder.num_embeddings
+    try:
+        ids = tokenizer.add_tokens(list(_tokens(config)))
+    except ValueError as e:
+        raise UserError(f"config.textual_inversion.tokens: {e}") from e
+    if ids[0] != num_embeddings:
+        raise UserError(f"the tokenizer has {ids[0]} tokens but the text encoder's table {num_embeddings} rows; the "
+                        "model's tokenizer and text encoder do not belong together.")
+    return Pretrained(unet=unet, text_encoder=text, schedule=schedule, vae=vae, graphdefs=graphdefs,
+                      tokenizer=tokenizer, token_ids=tuple(ids), prediction_type=prediction)
+
+
+def _module(pre: Pretrained, name: str, params):
+    from flax import nnx
+
+    return nnx.merge(pre.graphdefs[name], params)
+
+
+def prompts(config: ml_collections.ConfigDict) -> list[str]:
+    """The templates with ``{}`` replaced by the placeholder tokens (space-separated)."""
+    return [t.format(" ".join(_tokens(config))) for t in config.textual_inversion.templates]
+
+
+def text_embeddings(pre: Pretrained, ids: jax.Array, extra: jax.Array | None) -> jax.Array:
+    """Hidden states ``[N, L, D]`` of the frozen text encoder for ``ids`` with the placeholder rows ``extra``."""
+    return _module(pre, "text_encoder", pre.text_encoder)(ids, extra_embeddings=extra)
+
+
+def _latents(pre: Pretrained, images: jax.Array) -> jax.Array:
+    """Images in the UNet's space: VAE latents (posterior mean, scaled) for SD; pixels otherwise."""
+    if pre.vae is None:
+        return images
+    return _module(pre, "vae", pre.vae).encode(images)
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict, pretrained: Pretrained) -> State:
+    ti = config.textual_inversion
+    text = _module(pretrained, "text_encoder", pretrained.text_encoder)
+    rows = sd_clip.initial_embeddings(text, pretrained.tokenizer, ti.init_text, len(pretrained.token_ids))
+    params = {"embeddings": rows.astype(jnp.float32)}
+    return State(step=jnp.zeros((), jnp.int32), rng=rng, params=params,
+                 opt_state={"embeddings": _optimizer(config).init(params["embeddings"])})
+
+
+def _loss_of(pre: Pretrained):
+    return denoising.velocity_loss if pre.prediction_type == "v_prediction" else denoising.epsilon_loss
+
+
+def _unet_fn(pre: Pretrained):
+    unet = _module(pre, "unet", pre.unet)
+    return lambda x, s, text: unet(x, s, text).astype(x.dtype)
+
+
+def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
+    pre = state.pretrained
+    x0 = _latents(pre, batch[config.textual_inversion.key])
+    ids = jnp.asarray(pre.tokenizer(prompts(config)))
+    k_s, k_eps, k_t = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    n, top = x0.shape[0], pre.schedule.num_steps - 1
+    s = jax.random.uniform(k_s, (n,), maxval=float(top))
+    noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    which = jax.random.randint(k_t, (n,), 0, ids.shape[0])
+
+    def loss_fn(rows):
+        cond = text_embeddings(pre, ids, rows)[which]
+        return _loss_of(pre)(_unet_fn(pre), x0, noise, s, pre.schedule.alpha_bar_at(s), cond=cond)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params["embeddings"])
+    rows, opt_state = _common.apply_grads(_optimizer(config), state.params["embeddings"],
+                                          state.opt_state["embeddings"], grads)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "embedding_norm": jnp.linalg.norm(rows)}
+    return state.replace(step=state.step + 1, params={"embeddings": rows},
+                         opt_state={"embeddings": opt_state}), metrics
+
+
+def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array) -> jax.Array:
+    raise NotImplementedError("textual inversion learns embeddings; translate with them through jot.translate.")
+
+
+def save(config: ml_collections.ConfigDict, state: State, folder: str) -> list[str]:
+    """Writes one diffusers-format embedding file per placeholder token into ``folder``."""
+    rows = np.asarray(jax.device_get(state.params["embeddings"]), np.float32)
+    tokens = _tokens(config)
+    paths = []
+    for i, token in enumerate(tokens):
+        name = ti_files.FILE_NAME if len(tokens) == 1 else ti_files.FILE_NAME.replace(".safetensors", f"-{i}.safetensors")
+        paths.append(str(ti_files.save_embeddings(os.path.join(folder, name), {token: rows[i:i + 1]})))
+    return paths
+
+
+def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:
+    """Held-out denoising loss of the frozen model on ``data[textual_inversion.key]`` at steps
+    ``S/10, S/2, 9S/10`` with fixed noise: ``loss_s*`` with the first template's prompt,
+    ``ref<i>_loss_s*`` with ``reference_prompts[i]``. Writes the embedding files into ``workdir``."""
+    pre = state.pretrained
+    if workdir is not None:
+        save(config, state, workdir)
+    if len(data.get(config.textual_inversion.key, ())) == 0:
+        return {}  # no held-out images (config.data.num_eval = 0)
+    x0 = _latents(pre, jnp.asarray(data[config.textual_inversion.key]))
+    refs = list(config.textual_inversion.get("reference_prompts", ()))
+    ids = jnp.asarray(pre.tokenizer([prompts(config)[0]] + refs))
+    table = text_embeddings(pre, ids, state.params["embeddings"])
+    noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
+
+    @jax.jit
+    def loss_at(s, cond):
+        cond = jnp.broadcast_to(cond[None], (x0.shape[0],) + cond.shape)
+        return _loss_of(pre)(_unet_fn(pre), x0, noise, s, pre.schedule.alpha_bar_at(s), cond=cond)
+
+    out = {}
+    for frac in (0.1, 0.5, 0.9):
+        s = jnp.full((x0.shape[0],), frac * (pre.schedule.num_steps - 1), jnp.float32)
+        out[f"loss_s{frac:.1f}"] = float(loss_at(s, table[0]))
+        for i in range(len(refs)):
+            out[f"ref{i}_loss_s{frac:.1f}"] = float(loss_at(s, table[1 + i]))
+    return out
