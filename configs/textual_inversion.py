@@ -41,6 +41,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                                      "the photo of a {}", "a close-up photo of a {}", "a bright photo of the {}")
     c.textual_inversion.key = "x"  # the batch entry holding the images
     c.textual_inversion.reference_prompts = ()  # prompts whose held-out loss is reported next to the token's
+    c.textual_inversion.num_samples = 0  # evaluation samples per prompt for the Frechet distance (0 = none)
+    c.textual_inversion.sample_nfe = 50  # DDIM steps of those samples
+    c.textual_inversion.guidance = 1.0  # classifier-free guidance scale of those samples (1 = none)
 
     c.train = common.train(steps=3_000, batch_size=8, lr=1e-4, ema=0.0, checkpoint_every=500)
     c.train.weight_decay = 1e-2  # AdamW
@@ -60,6 +63,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.textual_inversion.templates = ("a {} digit",)
         c.textual_inversion.key = "y"  # the thick digits
         c.textual_inversion.reference_prompts = ("a thick digit", "a thin digit")
+        c.textual_inversion.num_samples = 150
+        c.textual_inversion.sample_nfe = 20
         c.train.steps = 400
         c.train.batch_size = 32
         c.train.lr = 5e-3
@@ -70,5 +75,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             c.train.batch_size = 8
             c.train.log_every = 1
             c.train.checkpoint_every = 3
+            c.textual_inversion.num_samples = 4
+            c.textual_inversion.sample_nfe = 2
         return c
     raise ValueError(f"unknown preset {preset!r}; expected 'default', 'digits' or 'test'.")

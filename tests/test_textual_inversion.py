@@ -76,7 +76,8 @@ def test_only_the_placeholder_rows_train_and_the_model_stays_frozen(sd_run, tmp_
     assert list(saved) == ["<thick>"]
     np.testing.assert_array_equal(saved["<thick>"], rows)
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    assert {"loss_s0.5", "ref0_loss_s0.5", "ref1_loss_s0.5"} <= set(metrics)
+    assert {"loss_s0.5", "ref0_loss_s0.5", "ref1_loss_s0.5", "fd", "ref0_fd", "ref1_fd", "fd_floor"} <= set(metrics)
+    assert all(np.isfinite(v) and v >= 0 for k, v in metrics.items() if "fd" in k)
 
 
 def test_resume_is_exact(sd_run, tmp_path):
@@ -114,6 +115,13 @@ def test_inversion_into_a_diffusers_folder_writes_what_diffusers_loads(pipeline,
     got = textual_inversion.text_embeddings(state.pretrained, state.pretrained.tokenizer(["a photo of a <cat>"]),
                                             state.params["embeddings"])
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5 * max(1.0, np.abs(want).max()))
+    # jot's loader reads the file back into the pipeline's prompts.
+    from jot.models import sd
+
+    loaded = sd.load(folder, textual_inversion=[path])
+    np.testing.assert_allclose(np.asarray(loaded.encode_prompt(["a photo of a <cat>"])), want,
+                               atol=1e-5 * max(1.0, np.abs(want).max()))
+    assert loaded.tokenizer.added_tokens == ["<cat>"]
 
 
 @pytest.mark.parametrize("field, value, message", [

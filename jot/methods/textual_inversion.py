@@ -34,11 +34,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from jot.diffusion import schedules
+from jot.diffusion import samplers, schedules
 from jot.errors import UserError
 from jot.losses import denoising
+from jot.metrics import frechet
 from jot.methods import _common, sd_dsm
 from jot.models.sd import clip as sd_clip
+from jot.models.sd import pipeline as sd_pipeline
 from jot.models.sd import textual_inversion as ti_files
 
 
@@ -220,16 +222,42 @@ def save(config: ml_collections.ConfigDict, state: State, folder: str) -> list[s
     return paths
 
 
+def sample(config: ml_collections.ConfigDict, state: State, prompt_embeddings: jax.Array, rng: jax.Array,
+           n: int, shape: tuple[int, ...]) -> jax.Array:
+    """``n`` DDIM samples (``textual_inversion.sample_nfe`` steps) of the frozen model for one
+    prompt's embeddings ``[L, D]``, with classifier-free guidance ``textual_inversion.guidance``
+    against the empty prompt when it is not 1; images (decoded for latent models)."""
+    pre, ti = state.pretrained, config.textual_inversion
+    guidance = float(ti.get("guidance", 1.0))
+    uncond = None if guidance == 1.0 else text_embeddings(pre, jnp.asarray(pre.tokenizer([""])), None)
+    eps = sd_pipeline.SDEps(graphdef=pre.graphdefs["unet"], params=pre.unet, schedule=pre.schedule,
+                            context=prompt_embeddings[None], uncond=uncond, guidance=jnp.float32(guidance),
+                            prediction_type=pre.prediction_type)
+    x = samplers.ddim_sample(eps, jax.random.normal(rng, (n,) + tuple(shape)), schedule=pre.schedule,
+                             nfe=int(ti.sample_nfe), clip=1.0 if pre.vae is None else None)
+    if pre.vae is not None:
+        x = _module(pre, "vae", pre.vae).decode(x)
+    return x
+
+
 def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:
-    """Held-out denoising loss of the frozen model on ``data[textual_inversion.key]`` at steps
-    ``S/10, S/2, 9S/10`` with fixed noise: ``loss_s*`` with the first template's prompt,
-    ``ref<i>_loss_s*`` with ``reference_prompts[i]``. Writes the embedding files into ``workdir``."""
+    """Held-out metrics of the frozen model on ``data[textual_inversion.key]`` with the first
+    template's prompt (no prefix) and with each ``reference_prompts[i]`` (prefix ``ref<i>_``):
+
+    - ``loss_s*``: the denoising loss at steps ``S/10, S/2, 9S/10`` with fixed noise;
+    - ``fd``: Frechet distance (``jot.metrics.frechet``) between ``textual_inversion.num_samples``
+      DDIM samples and as many held-out images, next to ``fd_floor``, the distance between two
+      disjoint held-out sets of that size (0 samples: not computed).
+
+    Writes the embedding files into ``workdir``."""
     pre = state.pretrained
     if workdir is not None:
         save(config, state, workdir)
-    if len(data.get(config.textual_inversion.key, ())) == 0:
+    images = data.get(config.textual_inversion.key, ())
+    if len(images) == 0:
         return {}  # no held-out images (config.data.num_eval = 0)
-    x0 = _latents(pre, jnp.asarray(data[config.textual_inversion.key]))
+    images = np.asarray(images)
+    x0 = _latents(pre, jnp.asarray(images))
     refs = list(config.textual_inversion.get("reference_prompts", ()))
     ids = jnp.asarray(pre.tokenizer([prompts(config)[0]] + refs))
     table = text_embeddings(pre, ids, state.params["embeddings"])
@@ -241,9 +269,16 @@ def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdi
         return _loss_of(pre)(_unet_fn(pre), x0, noise, s, pre.schedule.alpha_bar_at(s), cond=cond)
 
     out = {}
+    names = [""] + [f"ref{i}_" for i in range(len(refs))]
     for frac in (0.1, 0.5, 0.9):
         s = jnp.full((x0.shape[0],), frac * (pre.schedule.num_steps - 1), jnp.float32)
-        out[f"loss_s{frac:.1f}"] = float(loss_at(s, table[0]))
-        for i in range(len(refs)):
-            out[f"ref{i}_loss_s{frac:.1f}"] = float(loss_at(s, table[1 + i]))
+        for i, name in enumerate(names):
+            out[f"{name}loss_s{frac:.1f}"] = float(loss_at(s, table[i]))
+    n = min(int(config.textual_inversion.get("num_samples", 0)), len(images) // 2)
+    if n >= 2:
+        held, other = images[:n], images[n:2 * n]
+        out["fd_floor"] = frechet.frechet_distance(other, held)
+        for i, name in enumerate(names):
+            x = sample(config, state, table[i], jax.random.PRNGKey(1), n, x0.shape[1:])
+            out[f"{name}fd"] = frechet.frechet_distance(np.asarray(x), held)
     return out

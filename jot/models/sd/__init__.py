@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -39,6 +40,8 @@ from jot.models.sd.convert import (
     read_safetensors,
     read_weights,
 )
+from jot.models.sd import textual_inversion as _textual_inversion
+from jot.models.sd.clip import initial_embeddings
 from jot.models.sd.layers import AttentionChunk
 from jot.models.sd.pipeline import (
     PREDICTION_TYPES,
@@ -68,6 +71,7 @@ __all__ = [
     "convert_state_dict",
     "ddim_steps",
     "find_weights",
+    "initial_embeddings",
     "load",
     "load_module",
     "param_shardings",
@@ -114,6 +118,7 @@ def load(
     mesh: Mesh | None = None,
     remat: bool = False,
     attention_chunk: AttentionChunk = "auto",
+    textual_inversion: Sequence[str | Path] = (),
 ) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion 1.x/2.x folder.
 
@@ -130,6 +135,8 @@ def load(
         ``queries * keys`` exceeds 2**19 (SD's 64x64-latent self-attention), never on
         GPU/TPU; an int sets that score budget on any backend; None never chunks.
         Same results up to float rounding, less memory and (on CPU) faster.
+      textual_inversion: ``learned_embeds.safetensors`` files (diffusers' format) whose tokens
+        are added to the tokenizer; ``encode_prompt`` then reads their rows.
     Raises:
       FileNotFoundError naming the missing file or folder and what belongs there;
       ValueError for pickled-only, corrupt or mismatched weights, and for a scheduler config
@@ -172,6 +179,11 @@ def load(
     max_positions = networks["text_encoder"].config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:
         tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)
+    extra = None
+    if textual_inversion:
+        embeddings = _textual_inversion.load_embeddings(list(textual_inversion),
+                                              hidden_size=networks["text_encoder"].config.hidden_size)
+        _, extra = _textual_inversion.extend(tokenizer, embeddings, text_encoder=networks["text_encoder"])
     return StableDiffusion(
         unet=networks["unet"],
         vae=networks["vae"],
@@ -180,4 +192,5 @@ def load(
         scheduler_config=scheduler_config,
         schedule=schedule,
         prediction_type=prediction_type,
+        extra_embeddings=extra,
     )

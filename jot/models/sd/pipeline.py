@@ -178,6 +178,11 @@ def _call(module: nnx.Module, method: str, *args: Any) -> Any:
     return _apply(graphdef, state, method, *args)
 
 
+@partial(jax.jit, static_argnums=0)
+def _encode_with_rows(graphdef: Any, state: Any, ids: jax.Array, rows: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(ids, extra_embeddings=rows)
+
+
 @dataclasses.dataclass
 class StableDiffusion:
     """The parts of a loaded pipeline and the helpers that connect them to jot's samplers.
@@ -190,6 +195,8 @@ class StableDiffusion:
         diffusers' timestep ``t``).
       prediction_type: what the UNet predicts, "epsilon" or "v_prediction" (from that config);
         :meth:`eps_fn` always returns epsilon.
+      extra_embeddings: ``[K, D]`` rows of placeholder tokens added to the tokenizer (textual
+        inversion, ``load(..., textual_inversion=[files])``), or None.
     """
 
     unet: UNet2DConditionModel
@@ -199,10 +206,15 @@ class StableDiffusion:
     scheduler_config: dict[str, Any]
     schedule: Schedule
     prediction_type: str = "epsilon"
+    extra_embeddings: jax.Array | None = None
 
     def encode_prompt(self, prompts: str | Sequence[str]) -> jax.Array:
-        """Text embeddings ``[N, 77, D]`` of ``prompts`` (tokenizer, then text encoder)."""
-        return _call(self.text_encoder, "__call__", jnp.asarray(self.tokenizer(prompts)))
+        """Text embeddings ``[N, 77, D]`` of ``prompts`` (tokenizer, then text encoder; placeholder
+        tokens of loaded textual-inversion files read ``extra_embeddings``)."""
+        ids = jnp.asarray(self.tokenizer(prompts))
+        if self.extra_embeddings is None:
+            return _call(self.text_encoder, "__call__", ids)
+        return _encode_with_rows(*nnx.split(self.text_encoder), ids, self.extra_embeddings)
 
     def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """NHWC images in [-1, 1] -> latents scaled by the VAE's ``scaling_factor``: the
