@@ -149,6 +149,15 @@ def sample_times(config: ml_collections.ConfigDict, rng: jax.Array, n: int) -> j
     raise UserError(f"config.loss.time_sampler={kind!r}; expected 'uniform' or 'beta'.")
 
 
+def diffusion_steps(config: ml_collections.ConfigDict, rng: jax.Array, n: int, num_steps: int) -> jax.Array:
+    """``n`` training steps of a ``num_steps`` diffusion schedule: ``s ~ U[0, S-1]`` when
+    ``loss.continuous_steps`` (the samplers query fractional steps), uniform integers otherwise."""
+    top = num_steps - 1
+    if config.loss.continuous_steps:
+        return jax.random.uniform(rng, (n,), maxval=float(top))
+    return jax.random.randint(rng, (n,), 0, top + 1).astype(jnp.float32)
+
+
 def noise(config: ml_collections.ConfigDict, rng: jax.Array | None, n: int) -> jax.Array | None:
     """Auxiliary map noise ``z ~ N(0, I)`` of size ``model.noise_dim`` (None when 0; zeros
     when ``rng`` is None, the deterministic ``T(x, 0)``)."""

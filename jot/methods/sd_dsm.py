@@ -169,11 +169,8 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
     x0, domain = _images_and_domains(config, batch)
     sched = schedule(config)
     k_s, k_eps, k_drop = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    n, top = x0.shape[0], sched.num_steps - 1
-    if config.loss.continuous_steps:
-        s = jax.random.uniform(k_s, (n,), maxval=float(top))
-    else:
-        s = jax.random.randint(k_s, (n,), 0, top + 1).astype(jnp.float32)
+    n = x0.shape[0]
+    s = _common.diffusion_steps(config, k_s, n, sched.num_steps)
     noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
     table = jax.lax.stop_gradient(text_embeddings(state, jnp.asarray(prompt_ids(config))))  # [P + 1, L, D]
     drop = jax.random.bernoulli(k_drop, config.loss.cond_dropout, (n,))
