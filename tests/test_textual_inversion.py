@@ -139,3 +139,18 @@ def test_config_errors_name_the_fix(field, value, message):
     c[section][name] = value
     with pytest.raises(UserError, match=message):
         textual_inversion.check_config(c)
+
+
+def test_missing_weights_and_empty_image_folders_are_one_clear_error(tmp_path):
+    from jot.errors import UserError
+
+    weights, images = tmp_path / "sd", tmp_path / "images"
+    weights.mkdir()
+    images.mkdir()
+    c = ti_config.get_config()
+    c.model.path, c.data.source, c.train.progress, c.mesh.data = str(weights), str(images), False, 1
+    with pytest.raises(UserError, match=r"image folder '.*images' contains no .png/.jpg/.jpeg files"):
+        train.train(c, str(tmp_path / "w1"))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "0.png")
+    with pytest.raises(UserError, match=r"config.model.path='.*sd' cannot be loaded as Stable Diffusion: .*model_index"):
+        train.train(c, str(tmp_path / "w2"))

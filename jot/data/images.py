@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jot.errors import UserError
+from jot.errors import UserError, UserFileNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -59,7 +59,8 @@ def check_images(x: np.ndarray, *, size: int, channels: int, what: str = "images
 def list_images(folder: str) -> list[str]:
     """Sorted PNG/JPEG paths under ``folder`` (recursive); errors if missing or empty."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder!r} does not exist; set config.data.source/target to a folder.")
+        raise UserFileNotFoundError(
+            f"image folder {folder!r} does not exist; set config.data.source/target to a folder.")
     paths = sorted(
         os.path.join(root, f)
         for root, _, files in os.walk(folder)
@@ -67,7 +68,7 @@ def list_images(folder: str) -> list[str]:
         if f.lower().endswith(IMAGE_EXTENSIONS)
     )
     if not paths:
-        raise ValueError(
+        raise UserError(
             f"image folder {folder!r} contains no {'/'.join(IMAGE_EXTENSIONS)} files; "
             "put the domain's images there (subfolders are searched too)."
         )

@@ -126,7 +126,10 @@ def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
     else:
         from jot.models import sd
 
-        pipe = sd.load(m.path)
+        try:
+            pipe = sd.load(m.path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"config.model.path={m.path!r} cannot be loaded as Stable Diffusion: {e}") from e
         unet_g, unet = _common.split(pipe.unet)
         text_g, text = _common.split(pipe.text_encoder)
         vae_g, vae = _common.split(pipe.vae)
