@@ -7,7 +7,11 @@ and "a thick digit", a small SD-architecture UNet with cross-attention and a sma
 CLIP text encoder, pixel space; trains on 2 CPU cores in minutes) and ``test`` (tiny).
 ``--config.model.prediction_type=v_prediction`` trains the SD 2.x target;
 ``--config.loss.cond_dropout`` sets how often the empty prompt replaces a domain's prompt
-(classifier-free guidance).
+(classifier-free guidance). Fine-tune Stable Diffusion on two image folders instead:
+
+    python -m launch.main --config=configs/sd_dsm.py --config.model.path=DIR --config.data.name=folder \
+        --config.data.source=THIN --config.data.target=THICK --config.data.size=512 --config.data.channels=3 \
+        --config.data.prompts="('a photo of a cat', 'a photo of a dog')" --workdir=runs/sd_ft
 """
 import ml_collections
 
@@ -27,6 +31,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompts = ("a thin digit", "a thick digit")  # one per entry of loss.domains
 
     c.model = ml_collections.ConfigDict()
+    # A diffusers Stable Diffusion folder to fine-tune (its UNet, VAE, text encoder, tokenizer,
+    # schedule and prediction type replace the fields below); "" trains model.unet from scratch.
+    c.model.path = ""
     c.model.schedule = "scaled_linear"  # SD's
     c.model.num_steps = 1000
     c.model.beta_start = 0.00085

@@ -14,6 +14,7 @@ from jot import train
 from jot.errors import UserError
 from jot.methods import sd_dsm
 from jot.models.sd.clip import CLIPTokenizer
+from test_sd_load import pipeline  # noqa: F401  (the tiny saved StableDiffusionPipeline fixture)
 
 PROMPTS = ["a thin digit", "a thick digit", "", "Digit 7, thick!", "UPPER  case   spaces"]
 
@@ -120,3 +121,52 @@ def test_remat_changes_nothing_and_bfloat16_keeps_float32_parameters():
     loss, state, _ = out["bf16"]
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
     assert np.isfinite(loss) and abs(loss - out["plain"][0]) < 0.05 * out["plain"][0]  # bf16 rounding only
+
+
+def test_fine_tuning_a_diffusers_folder_starts_from_its_unet_and_keeps_vae_and_text_encoder_frozen(pipeline, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from jot.methods import textual_inversion
+    from jot.models import sd
+
+    _, folder = pipeline
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    config = sd_dsm_config.get_config("test")
+    config.model.path = str(folder)
+    config.data = type(config.data)({"name": "folder", "source": str(tmp_path / "a"), "target": str(tmp_path / "b"),
+                                     "size": 16, "channels": 3, "prompts": ("a red square", "a blue square")})
+    config.train.update(steps=2, batch_size=2, progress=False, checkpoint_every=2)
+    config.mesh.data = 1
+    workdir = str(tmp_path / "ft")
+    loaded = sd.load(folder)
+    start = nnx_state(loaded.unet)
+    state = train.train(config, workdir)
+    # The UNet started from the folder's weights and moved; VAE and text encoder are the folder's, bit for bit.
+    fresh = sd_dsm.init(config, jax.random.PRNGKey(0), {}, sd_dsm.load_pretrained(config))
+    for a, b in zip(jax.tree.leaves(fresh.params["unet"]), start):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(state.params["unet"]), start))
+    for a, b in zip(jax.tree.leaves(state.pretrained.vae), nnx_state(loaded.vae)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    for a, b in zip(jax.tree.leaves(state.pretrained.text_encoder), nnx_state(loaded.text_encoder)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    # The latents are the VAE's (8x8x4 for 16x16 images), and checkpoints hold no pretrained part.
+    assert sd_dsm.latents(state.pretrained, np.zeros((1, 16, 16, 3), np.float32)).shape == (1, 8, 8, 4)
+    assert train.restore(workdir).state.pretrained is not None
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))  # no held-out images (data.num_eval = 0)
+    # Textual inversion into the fine-tuned run reads its frozen parts and trained UNet.
+    pre = textual_inversion.load_pretrained(type(config)({"model": {"workdir": workdir, "path": ""},
+                                                          "textual_inversion": {"tokens": ("<sq>",)}}))
+    for a, b in zip(jax.tree.leaves(pre.unet), jax.tree.leaves(state.ema["unet"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert pre.vae is not None and pre.tokenizer.added_tokens == ["<sq>"]
+
+
+def nnx_state(module):
+    from flax import nnx
+
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(module)))]

@@ -12,10 +12,14 @@ UNet and an EMA of its parameters. The text encoder is frozen: it is part of the
 trained run holds the whole model, and textual inversion can train embeddings through it)
 but no optimiser touches it.
 
-The model is the SD architecture built from ``config.model.unet`` (sizes) and
-``config.model.text`` (a CLIP text encoder, randomly initialised from the seed and frozen;
-prompts are tokenised byte by byte). This is how the offline digits preset trains a small
-SD-architecture model from scratch on the CPU; pixel space stands in for VAE latents.
+The model is either
+
+- the SD architecture built from ``config.model.unet`` (sizes) and ``config.model.text`` (a
+  CLIP text encoder, randomly initialised from the seed and frozen; prompts are tokenised byte
+  by byte), trained from scratch in pixel space: the offline digits preset; or
+- with ``config.model.path``, a diffusers Stable Diffusion folder, fine-tuned: the UNet
+  starts from its weights; the VAE (images -> scaled latents at the step's edge), text encoder
+  and tokenizer are frozen pretrained networks (``load_pretrained``), kept out of checkpoints.
 ``model.remat`` rematerialises UNet blocks in the backward pass; ``model.dtype = "bfloat16"``
 computes in bfloat16 with float32 parameters.
 """
@@ -41,10 +45,50 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @struct.dataclass
+class Pretrained:
+    """A frozen text-conditioned model: UNet, text encoder and (latent models) VAE parameters
+    and the schedule as leaves; static: graph definitions, the tokenizer, the prediction type."""
+
+    unet: Any
+    text_encoder: Any
+    schedule: schedules.Schedule
+    vae: Any
+    graphdefs: Any = struct.field(pytree_node=False)
+    tokenizer: Any = struct.field(pytree_node=False)
+    prediction_type: str = struct.field(pytree_node=False)
+    token_ids: tuple = struct.field(pytree_node=False, default=())
+
+
+def pretrained_from_folder(path: str) -> Pretrained:
+    """The networks of a diffusers Stable Diffusion folder (``jot.models.sd.load``) as a
+    ``Pretrained``; an unreadable folder is a ``UserError``."""
+    from jot.models import sd
+
+    try:
+        pipe = sd.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"config.model.path={path!r} cannot be loaded as Stable Diffusion: {e}") from e
+    unet_g, unet = _common.split(pipe.unet)
+    text_g, text = _common.split(pipe.text_encoder)
+    vae_g, vae = _common.split(pipe.vae)
+    return Pretrained(unet=unet, text_encoder=text, schedule=pipe.schedule, vae=vae,
+                      graphdefs=_common.graphdefs({"unet": unet_g, "text_encoder": text_g, "vae": vae_g}),
+                      tokenizer=pipe.tokenizer, prediction_type=pipe.prediction_type)
+
+
+def latents(pre: Pretrained | None, images: jax.Array) -> jax.Array:
+    """Images in the UNet's space: scaled VAE latents (posterior mean) for a latent model, else the pixels."""
+    if pre is None or pre.vae is None:
+        return images
+    return nnx.merge(pre.graphdefs["vae"], pre.vae).encode(images)
+
+
+@struct.dataclass
 class State:
-    """``params["unet"]`` is trained (Adam state in ``opt_state``, EMA in ``ema``);
-    ``frozen["text_encoder"]`` is the frozen CLIP text encoder; ``graphdefs`` holds both
-    networks' graph definitions (static)."""
+    """``params["unet"]`` is trained (Adam state in ``opt_state``, EMA in ``ema``). From
+    scratch, ``frozen["text_encoder"]`` is the frozen random CLIP text encoder; fine-tuning,
+    ``pretrained`` holds the frozen text encoder and VAE (attached by the loop, None in
+    checkpoints). ``graphdefs`` holds the graph definitions (static)."""
 
     step: jax.Array
     rng: jax.Array
@@ -53,6 +97,7 @@ class State:
     ema: dict
     frozen: dict
     graphdefs: Any = struct.field(pytree_node=False)
+    pretrained: Any = None
 
 
 def schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -82,6 +127,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"config.loss.cond_dropout={config.loss.cond_dropout!r}; expected a probability in [0, 1).")
     _dtype(config)
     _common.optimizer(config, 1.0)
+    if config.model.get("path"):
+        import os
+
+        if not os.path.isdir(config.model.path):
+            raise UserError(f"config.model.path={config.model.path!r} is not a folder; point it at a diffusers Stable "
+                            "Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
+                            "or set it to '' to train the config.model.unet architecture from scratch.")
+        return  # prompts are tokenised by the model's own tokenizer
     untruncated, room = sd_clip.CLIPTokenizer.byte_level(model_max_length=4096), config.model.text.max_length - 2
     for p in prompts:
         n = len(untruncated.token_ids(p))
@@ -121,9 +174,16 @@ def _tokenizer(config: ml_collections.ConfigDict) -> sd_clip.CLIPTokenizer:
     return sd_clip.CLIPTokenizer.byte_level(model_max_length=config.model.text.max_length)
 
 
-def prompt_ids(config: ml_collections.ConfigDict) -> np.ndarray:
-    """Token ids ``[P + 1, L]`` of ``config.data.prompts`` followed by the empty prompt."""
-    return _tokenizer(config)(list(config.data.prompts) + [""])
+def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained | None:
+    """Fine-tuning (``config.model.path``): the diffusers folder's networks; from scratch: None."""
+    return pretrained_from_folder(config.model.path) if config.model.get("path") else None
+
+
+def prompt_ids(config: ml_collections.ConfigDict, pretrained: Pretrained | None = None) -> np.ndarray:
+    """Token ids ``[P + 1, L]`` of ``config.data.prompts`` followed by the empty prompt (the
+    pretrained model's tokenizer when fine-tuning)."""
+    tokenizer = _tokenizer(config) if pretrained is None else pretrained.tokenizer
+    return tokenizer(list(config.data.prompts) + [""])
 
 
 def _images_and_domains(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -136,9 +196,17 @@ def _images_and_domains(config: ml_collections.ConfigDict, batch: dict) -> tuple
     return x0, domain
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
-    x0, _ = _images_and_domains(config, batch)
+def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict, pretrained: Pretrained | None = None) -> State:
     k_unet, k_text, k_state = jax.random.split(rng, 3)
+    if pretrained is not None:  # fine-tuning: the UNet starts from the pretrained weights
+        p_unet = jax.tree.map(jnp.copy, pretrained.unet)
+        return State(
+            step=jnp.zeros((), jnp.int32), rng=k_state, params={"unet": p_unet},
+            opt_state={"unet": _common.optimizer(config, config.train.lr).init(p_unet)},
+            ema={"unet": p_unet} if config.train.ema else {}, frozen={},
+            graphdefs=_common.graphdefs({"unet": pretrained.graphdefs["unet"]}),
+        )
+    x0, _ = _images_and_domains(config, batch)
     dtype = _dtype(config)
     unet = sd_unet.UNet2DConditionModel(unet_config(config, x0.shape[-1]), dtype=dtype, param_dtype=jnp.float32,
                                         remat=config.model.remat, rngs=nnx.Rngs(params=k_unet))
@@ -156,7 +224,18 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> Stat
 
 def text_embeddings(state: State, ids: jax.Array) -> jax.Array:
     """The frozen text encoder's hidden states ``[N, L, D]`` for token ids ``[N, L]``."""
+    pre = state.pretrained
+    if pre is not None:
+        return nnx.merge(pre.graphdefs["text_encoder"], pre.text_encoder)(ids)
     return _common.module(state, "text_encoder", state.frozen["text_encoder"])(ids)
+
+
+def _schedule(config: ml_collections.ConfigDict, state: State) -> schedules.Schedule:
+    return schedule(config) if state.pretrained is None else state.pretrained.schedule
+
+
+def _prediction_type(config: ml_collections.ConfigDict, state: State) -> str:
+    return config.model.prediction_type if state.pretrained is None else state.pretrained.prediction_type
 
 
 def _unet_fn(state: State, params):
@@ -167,16 +246,17 @@ def _unet_fn(state: State, params):
 
 def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> tuple[State, dict]:
     x0, domain = _images_and_domains(config, batch)
-    sched = schedule(config)
+    x0 = latents(state.pretrained, x0)
+    sched = _schedule(config, state)
     k_s, k_eps, k_drop = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     n = x0.shape[0]
     s = _common.diffusion_steps(config, k_s, n, sched.num_steps)
     noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
-    table = jax.lax.stop_gradient(text_embeddings(state, jnp.asarray(prompt_ids(config))))  # [P + 1, L, D]
+    table = jax.lax.stop_gradient(text_embeddings(state, jnp.asarray(prompt_ids(config, state.pretrained))))
     drop = jax.random.bernoulli(k_drop, config.loss.cond_dropout, (n,))
     cond = table[jnp.where(drop, table.shape[0] - 1, domain)]
     gamma = config.loss.snr_gamma or None
-    loss_of = denoising.velocity_loss if config.model.prediction_type == "v_prediction" else denoising.epsilon_loss
+    loss_of = denoising.velocity_loss if _prediction_type(config, state) == "v_prediction" else denoising.epsilon_loss
 
     def loss_fn(p):
         return loss_of(_unet_fn(state, p), x0, noise, s, sched.alpha_bar_at(s), cond=cond, snr_gamma=gamma)
@@ -199,12 +279,15 @@ def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdi
     (``swapped_loss_s*``; a model that uses its text is worse there) and with the empty prompt
     (``uncond_loss_s*``)."""
     x0, domain = _images_and_domains(config, {k: jnp.asarray(v) for k, v in data.items()})
-    sched = schedule(config)
+    if x0.shape[0] == 0:
+        return {}  # no held-out images (config.data.num_eval = 0)
+    x0 = latents(state.pretrained, x0)
+    sched = _schedule(config, state)
     params = _common.map_params(config, state, "unet")
-    table = text_embeddings(state, jnp.asarray(prompt_ids(config)))
+    table = text_embeddings(state, jnp.asarray(prompt_ids(config, state.pretrained)))
     num = len(config.loss.domains)
     conds = {"eval": table[domain], "swapped": table[(domain + 1) % num], "uncond": table[jnp.full_like(domain, num)]}
-    loss_of = denoising.velocity_loss if config.model.prediction_type == "v_prediction" else denoising.epsilon_loss
+    loss_of = denoising.velocity_loss if _prediction_type(config, state) == "v_prediction" else denoising.epsilon_loss
     noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
 
     @jax.jit

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jot.diffusion import samplers, schedules
+from jot.diffusion import samplers
 from jot.errors import UserError
 from jot.losses import denoising
 from jot.metrics import frechet
@@ -44,20 +44,7 @@ from jot.models.sd import pipeline as sd_pipeline
 from jot.models.sd import textual_inversion as ti_files
 
 
-@struct.dataclass
-class Pretrained:
-    """The frozen model: UNet and text-encoder parameters (leaves), the schedule, and, static,
-    their graph definitions, the tokenizer (with the placeholder tokens added), the
-    placeholder ids, the prediction type and, for latent models, the VAE."""
-
-    unet: Any
-    text_encoder: Any
-    schedule: schedules.Schedule
-    vae: Any
-    graphdefs: Any = struct.field(pytree_node=False)
-    tokenizer: Any = struct.field(pytree_node=False)
-    token_ids: tuple = struct.field(pytree_node=False)
-    prediction_type: str = struct.field(pytree_node=False)
+Pretrained = sd_dsm.Pretrained
 
 
 @struct.dataclass
@@ -118,33 +105,26 @@ def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
                             "needs a text-conditioned model (an sd_dsm run, or a diffusers folder via model.path).")
         st = run.state
         unet = _common.map_params(run.config, st, "unet")
-        text = st.frozen["text_encoder"]
-        graphdefs = _common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]})
-        tokenizer = sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length)
-        schedule, prediction, vae = sd_dsm.schedule(run.config), run.config.model.prediction_type, None
-        num_embeddings = len(tokenizer)
+        if st.pretrained is not None:  # a fine-tuned Stable Diffusion: its frozen parts, the trained UNet
+            pre = jax.device_get(st.pretrained)
+            pre = pre.replace(unet=unet, graphdefs=_common.graphdefs({**pre.graphdefs, "unet": st.graphdefs["unet"]}))
+        else:
+            pre = Pretrained(
+                unet=unet, text_encoder=st.frozen["text_encoder"], schedule=sd_dsm.schedule(run.config), vae=None,
+                graphdefs=_common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]}),
+                tokenizer=sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length),
+                prediction_type=run.config.model.prediction_type)
     else:
-        from jot.models import sd
-
-        try:
-            pipe = sd.load(m.path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"config.model.path={m.path!r} cannot be loaded as Stable Diffusion: {e}") from e
-        unet_g, unet = _common.split(pipe.unet)
-        text_g, text = _common.split(pipe.text_encoder)
-        vae_g, vae = _common.split(pipe.vae)
-        graphdefs = _common.graphdefs({"unet": unet_g, "text_encoder": text_g, "vae": vae_g})
-        tokenizer, schedule, prediction = pipe.tokenizer, pipe.schedule, pipe.prediction_type
-        num_embeddings = pipe.text_encoder.num_embeddings
+        pre = sd_dsm.pretrained_from_folder(m.path)
+    num_embeddings = _module(pre, "text_encoder", pre.text_encoder).num_embeddings
     try:
-        ids = tokenizer.add_tokens(list(_tokens(config)))
+        ids = pre.tokenizer.add_tokens(list(_tokens(config)))
     except ValueError as e:
         raise UserError(f"config.textual_inversion.tokens: {e}") from e
     if ids[0] != num_embeddings:
         raise UserError(f"the tokenizer has {ids[0]} tokens but the text encoder's table {num_embeddings} rows; the "
                         "model's tokenizer and text encoder do not belong together.")
-    return Pretrained(unet=unet, text_encoder=text, schedule=schedule, vae=vae, graphdefs=graphdefs,
-                      tokenizer=tokenizer, token_ids=tuple(ids), prediction_type=prediction)
+    return pre.replace(token_ids=tuple(ids))
 
 
 def _module(pre: Pretrained, name: str, params):
@@ -163,11 +143,7 @@ def text_embeddings(pre: Pretrained, ids: jax.Array, extra: jax.Array | None) ->
     return _module(pre, "text_encoder", pre.text_encoder)(ids, extra_embeddings=extra)
 
 
-def _latents(pre: Pretrained, images: jax.Array) -> jax.Array:
-    """Images in the UNet's space: VAE latents (posterior mean, scaled) for SD; pixels otherwise."""
-    if pre.vae is None:
-        return images
-    return _module(pre, "vae", pre.vae).encode(images)
+_latents = sd_dsm.latents
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict, pretrained: Pretrained) -> State:

@@ -181,10 +181,13 @@ def _sharded_batch(mesh, dataset, step: int, counts: dict[str, int] | None, lazy
 
 def load_pretrained(method, config: ml_collections.ConfigDict, mesh):
     """The method's frozen pretrained networks (``load_pretrained``, see ``jot.methods.base``)
-    placed on ``mesh`` by the parameter rule, or None for methods without them."""
+    placed on ``mesh`` by the parameter rule, or None for methods without them (or when the
+    method's hook returns None for this config)."""
     if not hasattr(method, "load_pretrained"):
         return None
     tree = method.load_pretrained(config)
+    if tree is None:
+        return None
     return jax.device_put(tree, sharding.tree_shardings(tree, mesh, min_size=sharding.min_shard_size(config)))
 
 
