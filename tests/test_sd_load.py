@@ -38,10 +38,9 @@ VAE = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A StableDiffusionPipeline with tiny random parts, saved as diffusers does (safetensors)."""
-    root = tmp_path_factory.mktemp("sd")
+def save_tiny_pipeline(root, scheduler):
+    """A StableDiffusionPipeline with tiny random parts and ``scheduler``, saved as diffusers does
+    (safetensors) in ``root/stable-diffusion-tiny``; returns ``(pipe, folder)``."""
     write_vocab(root / "vocab")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "vocab", model_max_length=77)
     torch.manual_seed(0)
@@ -50,19 +49,26 @@ def pipeline(tmp_path_factory):
         text_encoder=transformers.CLIPTextModel(tiny_clip_config("quick_gelu", len(tokenizer))).eval(),
         tokenizer=tokenizer,
         unet=diffusers.UNet2DConditionModel(**UNET).eval(),
-        scheduler=diffusers.PNDMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
-        ),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    with torch.no_grad():  # the UNet's zero-initialised conv_out would make the parity check vacuous
+    with torch.no_grad():  # the UNet's zero-initialised conv_out would make the parity checks vacuous
         for p in pipe.unet.conv_out.parameters():
             p.normal_(0, 0.1)
     folder = root / "stable-diffusion-tiny"
     pipe.save_pretrained(folder, safe_serialization=True)
     return pipe, folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A StableDiffusionPipeline with tiny random parts, saved as diffusers does (safetensors)."""
+    scheduler = diffusers.PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
+    return save_tiny_pipeline(tmp_path_factory.mktemp("sd"), scheduler)
 
 
 def _close(name, got, want):

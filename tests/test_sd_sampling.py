@@ -7,9 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
-from test_sd_clip import tiny_clip_config, write_vocab
-from test_sd_load import UNET, VAE
+from test_sd_load import save_tiny_pipeline
 
 from jot.diffusion import samplers
 from jot.diffusion.samplers import ddim_sample
@@ -24,33 +22,16 @@ NFE = 4
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def pipeline(request, tmp_path_factory):
     """A tiny random StableDiffusionPipeline with SD's DDIM settings, saved and loaded back."""
-    root = tmp_path_factory.mktemp("sd")
-    write_vocab(root / "vocab")
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "vocab", model_max_length=77)
-    torch.manual_seed(0)
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=diffusers.AutoencoderKL(**VAE).eval(),
-        text_encoder=transformers.CLIPTextModel(tiny_clip_config("quick_gelu", len(tokenizer))).eval(),
-        tokenizer=tokenizer,
-        unet=diffusers.UNet2DConditionModel(**UNET).eval(),
-        scheduler=diffusers.DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            prediction_type=request.param,
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=request.param,
     )
-    with torch.no_grad():  # the UNet's zero-initialised conv_out would make the parity check vacuous
-        for p in pipe.unet.conv_out.parameters():
-            p.normal_(0, 0.1)
-    folder = root / "stable-diffusion-tiny"
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe, folder = save_tiny_pipeline(tmp_path_factory.mktemp("sd"), scheduler)
     return pipe, sd.load(folder)
 
 
