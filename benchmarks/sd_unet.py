@@ -109,21 +109,38 @@ def run_torch(workdir: Path, sizes: list[int], threads: int, repeats: int) -> di
     return result
 
 
+def load_jot(folder: Path, cls, stem: str):
+    """A jot SD network of class ``cls`` from a diffusers/transformers subfolder (config.json + safetensors)."""
+    from flax import nnx
+
+    from jot.models.sd import load_module, read_weights
+
+    config = json.loads((folder / "config.json").read_text())
+    return load_module(lambda: cls(config, rngs=nnx.Rngs(0)), read_weights(folder, stem), source=str(folder))
+
+
+def run_role(script: str, role: str, workdir: Path, flags: list[str]) -> dict:
+    """Runs ``script --role ROLE`` on one CPU device (as a user would) and returns the JSON it prints last."""
+    cmd = [sys.executable, script, "--role", role, "--workdir", str(workdir), *flags]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{role} subprocess failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict:
     cores = _pin(threads)
     import jax
     import numpy as np
     from flax import nnx
 
-    from jot.models.sd import UNet2DConditionModel, load_module, read_weights
+    from jot.models.sd import UNet2DConditionModel
 
     start = time.perf_counter()
-    config = json.loads((workdir / "unet" / "config.json").read_text())
-    unet = load_module(
-        lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0)),
-        read_weights(workdir / "unet", "diffusion_pytorch_model"),
-        source=str(workdir / "unet"),
-    )
+    unet = load_jot(workdir / "unet", UNet2DConditionModel, "diffusion_pytorch_model")
     graphdef, state = nnx.split(unet)
     del unet
     forward = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
@@ -148,18 +165,9 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
 
 
 def _subprocess(role: str, args: argparse.Namespace, workdir: Path) -> dict:
-    cmd = [
-        sys.executable, __file__, "--role", role, "--workdir", str(workdir),
-        "--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch),
-        "--sizes", *map(str, args.sizes),
-    ]  # fmt: skip
-    repo = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{role} subprocess failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    flags = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch),
+             "--sizes", *map(str, args.sizes)]
+    return run_role(__file__, role, workdir, flags)
 
 
 def main() -> None:

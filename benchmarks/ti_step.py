@@ -54,14 +54,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd_unet import SD15_UNET, _pin, _rss_mb, _time  # noqa: E402
+from sd_unet import SD15_UNET, _pin, _rss_mb, _time, load_jot, run_role  # noqa: E402
 
 SD15_TEXT = dict(
     vocab_size=49408,
@@ -209,21 +208,11 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
     import optax
     from flax import nnx
 
-    from jot.models.sd import CLIPTextModel, UNet2DConditionModel, load_module, read_weights
+    from jot.models.sd import CLIPTextModel, UNet2DConditionModel
 
     start = time.perf_counter()
-    unet_config = json.loads((workdir / "unet" / "config.json").read_text())
-    unet = load_module(
-        lambda: UNet2DConditionModel(unet_config, rngs=nnx.Rngs(0)),
-        read_weights(workdir / "unet", "diffusion_pytorch_model"),
-        source=str(workdir / "unet"),
-    )
-    text_config = json.loads((workdir / "text_encoder" / "config.json").read_text())
-    text = load_module(
-        lambda: CLIPTextModel(text_config, rngs=nnx.Rngs(0)),
-        read_weights(workdir / "text_encoder", "model"),
-        source=str(workdir / "text_encoder"),
-    )
+    unet = load_jot(workdir / "unet", UNet2DConditionModel, "diffusion_pytorch_model")
+    text = load_jot(workdir / "text_encoder", CLIPTextModel, "model")
     unet_graph, unet_state = nnx.split(unet)
     text_graph, text_state = nnx.split(text)
     del unet, text
@@ -281,18 +270,9 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
 
 
 def _subprocess(role: str, args: argparse.Namespace, workdir: Path) -> dict:
-    cmd = [
-        sys.executable, __file__, "--role", role, "--workdir", str(workdir),
-        "--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch),
-        "--sizes", *map(str, args.sizes), *(["--small"] if args.small else []),
-    ]  # fmt: skip
-    repo = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{role} subprocess failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    flags = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch),
+             "--sizes", *map(str, args.sizes), *(["--small"] if args.small else [])]
+    return run_role(__file__, role, workdir, flags)
 
 
 def main() -> None:
