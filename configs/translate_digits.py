@@ -43,12 +43,13 @@ import ml_collections
 
 from configs import dsm_digits
 from jot.ot import maps
+from jot.translate import lsb
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c = dsm_digits.get_config(preset)
     t = c.translate
-    t.method = "otald"  # sdedit | ddib | otald
+    t.method = "otald"  # lsb | sdedit | ddib | otald
     t.nfe = 16  # model calls per image (ddib/otald: half inversion, half sampling)
     t.end_step = float(c.model.num_steps - 1)  # s_end of the inversion (ddib, otald)
     t.sdedit_start_step = 0.5 * (c.model.num_steps - 1)  # s0 of SDEdit
@@ -62,6 +63,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     t.ot_shrinkage = "auto"  # gaussian: covariance shrinkage towards the diagonal; "auto" = Ledoit-Wolf, or a number in [0, 1]
     t.clip = 1.0  # clip x0_hat to [-1, 1] while sampling (pixels); 0 = off
     t.model_workdir = ""  # workdir of the trained dsm run; "" = the translate workdir
+    # LSB (jot.translate.lsb): conditions are the domain labels 0 -> 1
+    t.lsb_sigma = lsb.SIGMA
+    t.lsb_t0 = lsb.T0
+    t.guidance = 3.0  # the paper's 11 is for SD; see benchmarks/translate_digits.py for this model
+    t.snr_matching = True
+    t.time_dependent_noise = True
+    t.final_step = True
+    t.final_to = lsb.FINAL_TO
     t.num_latent_eval = 256  # otald: held-out target images (and half as many sources) for heldout_*; 0 = off
     if preset == "test":
         t.nfe = 4

@@ -76,6 +76,40 @@ def pretrained_from_folder(path: str) -> Pretrained:
                       tokenizer=pipe.tokenizer, prediction_type=pipe.prediction_type)
 
 
+def pretrained_from_run(workdir: str) -> Pretrained:
+    """The trained model of a finished ``sd_dsm`` run in ``workdir`` (EMA UNet when the run keeps
+    one) as a ``Pretrained``: from scratch, its frozen random text encoder and byte-level
+    tokenizer in pixel space; fine-tuned, the frozen parts of its Stable Diffusion folder."""
+    from jot import train
+
+    run = train.restore(workdir)
+    if run.config.method != "sd_dsm":
+        raise UserError(f"config.model.workdir={workdir!r} holds a {run.config.method!r} run; a text-conditioned "
+                        "model is an sd_dsm run (or a diffusers folder via config.model.path).")
+    st = run.state
+    unet = _common.map_params(run.config, st, "unet")
+    if st.pretrained is not None:  # a fine-tuned Stable Diffusion: its frozen parts, the trained UNet
+        pre = jax.device_get(st.pretrained)
+        return pre.replace(unet=unet, graphdefs=_common.graphdefs({**pre.graphdefs, "unet": st.graphdefs["unet"]}))
+    return Pretrained(
+        unet=unet, text_encoder=st.frozen["text_encoder"], schedule=schedule(run.config), vae=None,
+        graphdefs=_common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]}),
+        tokenizer=sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length),
+        prediction_type=run.config.model.prediction_type)
+
+
+def pipeline(pre: Pretrained):
+    """``pre`` as a ``jot.models.sd.StableDiffusion`` (``vae`` None for pixel-space models), the
+    form ``jot.translate.sd`` translates with."""
+    from jot.models.sd.pipeline import StableDiffusion
+
+    merge = lambda name, params: None if params is None else nnx.merge(pre.graphdefs[name], params)  # noqa: E731
+    return StableDiffusion(
+        unet=merge("unet", pre.unet), vae=merge("vae", pre.vae), text_encoder=merge("text_encoder", pre.text_encoder),
+        tokenizer=pre.tokenizer, scheduler_config={"num_train_timesteps": pre.schedule.num_steps},
+        schedule=pre.schedule, prediction_type=pre.prediction_type)
+
+
 def latents(pre: Pretrained | None, images: jax.Array) -> jax.Array:
     """Images in the UNet's space: scaled VAE latents (posterior mean) for a latent model, else the pixels."""
     if pre is None or pre.vae is None:

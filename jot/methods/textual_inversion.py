@@ -96,26 +96,7 @@ def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformatio
 def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
     """Reads the frozen model (``model.path`` or ``model.workdir``) and adds the placeholder tokens."""
     m = config.model
-    if m.get("workdir"):
-        from jot import train
-
-        run = train.restore(m.workdir)
-        if run.config.method != "sd_dsm":
-            raise UserError(f"config.model.workdir={m.workdir!r} holds a {run.config.method!r} run; textual inversion "
-                            "needs a text-conditioned model (an sd_dsm run, or a diffusers folder via model.path).")
-        st = run.state
-        unet = _common.map_params(run.config, st, "unet")
-        if st.pretrained is not None:  # a fine-tuned Stable Diffusion: its frozen parts, the trained UNet
-            pre = jax.device_get(st.pretrained)
-            pre = pre.replace(unet=unet, graphdefs=_common.graphdefs({**pre.graphdefs, "unet": st.graphdefs["unet"]}))
-        else:
-            pre = Pretrained(
-                unet=unet, text_encoder=st.frozen["text_encoder"], schedule=sd_dsm.schedule(run.config), vae=None,
-                graphdefs=_common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]}),
-                tokenizer=sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length),
-                prediction_type=run.config.model.prediction_type)
-    else:
-        pre = sd_dsm.pretrained_from_folder(m.path)
+    pre = sd_dsm.pretrained_from_run(m.workdir) if m.get("workdir") else sd_dsm.pretrained_from_folder(m.path)
     num_embeddings = _module(pre, "text_encoder", pre.text_encoder).num_embeddings
     try:
         ids = pre.tokenizer.add_tokens(list(_tokens(config)))

@@ -5,8 +5,12 @@ itself) with ``jot.train.restore``: its latest checkpoint, with the config recor
 run's ``config.json``. Its method, that of ``config.method``, must provide the diffusion hooks
 ``schedule`` and ``eps_model`` (``jot.methods.base``; ``dsm`` does). The images to translate
 come from this config's ``data`` section: the run takes the first ``translate.num_images``
-source images of the dataset's ``eval_data()`` and runs ``translate.method`` (``sdedit`` |
-``ddib`` | ``otald``) with ``translate.nfe`` model calls per image. Writes, atomically, into the workdir:
+source images of the dataset's ``eval_data()`` and runs ``translate.method`` (``lsb`` | ``sdedit`` |
+``ddib`` | ``otald``) with ``translate.nfe`` model calls per image; LSB's two conditions are the
+domain labels 0 (source) and 1 (target) of the model (``translate.lsb_sigma``, ``lsb_t0``,
+``guidance`` and the ablation switches, ``jot.translate.lsb``). A config whose ``translate``
+has a ``source_prompt`` (``configs/lsb_sd.py``) translates with a text-conditioned model instead
+(``jot.translate.text_runner``). Writes, atomically, into the workdir:
 
 - ``translate_<method>.npz``: ``x`` (sources), ``translated`` (one output per source, same
   shape, in ``[-1, 1]`` up to the model's clipping) and, when the dataset has them, ``y``/``label``;
@@ -43,9 +47,9 @@ from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
 from jot.ot import maps
-from jot.translate import ddib, otald, sdedit
+from jot.translate import ddib, lsb, otald, sdedit
 
-METHODS = ("sdedit", "ddib", "otald")
+METHODS = ("lsb", "sdedit", "ddib", "otald")
 
 
 def grid_png(rows: list[np.ndarray]) -> bytes:
@@ -76,6 +80,10 @@ def _fit_images(dataset, key: str, n: int) -> np.ndarray:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Translates with the model in ``translate.model_workdir`` (see the module docstring)."""
+    if "source_prompt" in config.translate:  # a text-conditioned model and two prompts
+        from jot.translate import text_runner
+
+        return text_runner.run(config, workdir)
     from jot.train import NoRun, restore
     from jot.train.loop import get_method
 
@@ -108,7 +116,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.PRNGKey(config.seed)
 
     common = dict(nfe=tc.nfe, schedule=sched, clip=tc.get("clip") or None)
-    if tc.method == "sdedit":
+    if tc.method == "lsb":
+        eps = method.eps_model(model.config, model.state)  # the domain label is the condition
+        fn = lambda x: lsb.translate(  # noqa: E731
+            x, rng, nfe=tc.nfe, schedule=sched, eps_fn=eps, cond_source=0, cond_target=1, sigma=tc.lsb_sigma,
+            t0=tc.lsb_t0, guidance=tc.guidance, snr_matching=tc.snr_matching,
+            time_dependent_noise=tc.time_dependent_noise, final_step=tc.final_step, final_to=tc.final_to,
+            clip=tc.get("clip") or None)
+    elif tc.method == "sdedit":
         fn = lambda x: sdedit.translate(x, rng, eps_target=eps_b, start_step=tc.sdedit_start_step, **common)  # noqa: E731
     elif tc.method == "ddib":
         fn = lambda x: ddib.translate(x, None, eps_source=eps_a, eps_target=eps_b, end_step=tc.end_step, **common)  # noqa: E731

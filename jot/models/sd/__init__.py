@@ -40,7 +40,6 @@ from jot.models.sd.convert import (
     read_safetensors,
     read_weights,
 )
-from jot.models.sd import textual_inversion as _textual_inversion
 from jot.models.sd.clip import initial_embeddings
 from jot.models.sd.layers import AttentionChunk
 from jot.models.sd.pipeline import (
@@ -179,11 +178,6 @@ def load(
     max_positions = networks["text_encoder"].config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:
         tokenizer = CLIPTokenizer.from_dir(tokenizer_dir, model_max_length=max_positions)
-    extra = None
-    if textual_inversion:
-        embeddings = _textual_inversion.load_embeddings(list(textual_inversion),
-                                              hidden_size=networks["text_encoder"].config.hidden_size)
-        _, extra = _textual_inversion.extend(tokenizer, embeddings, text_encoder=networks["text_encoder"])
     return StableDiffusion(
         unet=networks["unet"],
         vae=networks["vae"],
@@ -192,5 +186,4 @@ def load(
         scheduler_config=scheduler_config,
         schedule=schedule,
         prediction_type=prediction_type,
-        extra_embeddings=extra,
-    )
+    ).with_textual_inversion(list(textual_inversion))

@@ -439,7 +439,7 @@ def _bpe(vocab_map: dict[str, int], merge_list: list, *, bos: str, eos: str, unk
     tok.decoder = decoders.ByteLevel()
     bos_id, eos_id = vocab_map.get(bos), vocab_map.get(eos)
     if bos_id is None or eos_id is None:
-        raise ValueError(f"{vocab} lacks the special tokens {bos!r} / {eos!r} a CLIP vocabulary needs.")
+        raise ValueError(f"the vocabulary lacks the special tokens {bos!r} / {eos!r} a CLIP vocabulary needs.")
     tok.post_processor = processors.RobertaProcessing(
         (eos, eos_id), (bos, bos_id), trim_offsets=False, add_prefix_space=False
     )

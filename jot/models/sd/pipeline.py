@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from functools import partial
@@ -188,7 +189,9 @@ class StableDiffusion:
     """The parts of a loaded pipeline and the helpers that connect them to jot's samplers.
 
     Attributes:
-      unet, vae, text_encoder: Flax NNX modules holding the converted weights.
+      unet, vae, text_encoder: Flax NNX modules holding the converted weights; ``vae`` is None
+        for a pixel-space model (an ``sd_dsm`` run trained from scratch): ``encode`` and
+        ``decode`` are then the identity.
       tokenizer: prompt -> ids [N, 77].
       scheduler_config: the parsed ``scheduler/scheduler_config.json``.
       schedule: the :class:`jot.diffusion.schedules.Schedule` of that config (step ``s`` is
@@ -200,7 +203,7 @@ class StableDiffusion:
     """
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | None
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler_config: dict[str, Any]
@@ -218,12 +221,35 @@ class StableDiffusion:
 
     def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """NHWC images in [-1, 1] -> latents scaled by the VAE's ``scaling_factor``: the
-        posterior mean, or a posterior sample if ``rng`` is given."""
-        return _call(self.vae, "encode", images, rng)
+        posterior mean, or a posterior sample if ``rng`` is given (pixel models: ``images``)."""
+        return images if self.vae is None else _call(self.vae, "encode", images, rng)
 
     def decode(self, latents: jax.Array) -> jax.Array:
-        """Scaled latents (from :meth:`encode` or a sampler) -> NHWC images in about [-1, 1]."""
-        return _call(self.vae, "decode", latents)
+        """Scaled latents (from :meth:`encode` or a sampler) -> NHWC images in about [-1, 1]
+        (pixel models: ``latents``)."""
+        return latents if self.vae is None else _call(self.vae, "decode", latents)
+
+    def with_textual_inversion(self, files: Sequence[Any]) -> "StableDiffusion":
+        """A copy whose tokenizer and ``extra_embeddings`` also hold the tokens of the
+        textual-inversion ``files`` (``learned_embeds.safetensors`` files, or folders holding
+        one, as a textual-inversion run writes them). Raises ValueError for a token already
+        present or embeddings of the wrong width."""
+        from jot.models.sd import textual_inversion as ti_files
+
+        if not files:
+            return self
+        embeddings = ti_files.load_embeddings([str(f) for f in files], hidden_size=self.text_encoder.config.hidden_size)
+        tokenizer = copy.deepcopy(self.tokenizer)
+        clashes = sorted(set(embeddings) & set(tokenizer.added_tokens))
+        if clashes:
+            raise ValueError(f"textual-inversion tokens {clashes} are already in the tokenizer; load each file once.")
+        if self.extra_embeddings is None:
+            _, rows = ti_files.extend(tokenizer, embeddings, text_encoder=self.text_encoder)
+            extra = jnp.asarray(rows)
+        else:
+            _, rows = ti_files.extend(tokenizer, embeddings)
+            extra = jnp.concatenate([self.extra_embeddings, jnp.asarray(rows, self.extra_embeddings.dtype)])
+        return dataclasses.replace(self, tokenizer=tokenizer, extra_embeddings=extra)
 
     def eps_fn(
         self, text_embeddings: jax.Array, *, uncond: jax.Array | None = None, guidance: float | jax.Array = 1.0
