@@ -1,7 +1,7 @@
 """End to end, as a user runs it: train ``dsm`` (tiny ``test`` preset), then ``--mode=translate``.
 
 Trains through ``launch.main.run(config, workdir, "train")``, translates in-process with DDIB and
-through the CLI (``python -m launch.main ... --mode=translate``) with OT-ALD, each pointing
+in-process with LSB, and through the CLI (``python -m launch.main ... --mode=translate``) with OT-ALD, each pointing
 ``translate.model_workdir`` at the training run, and checks what lands in the workdir.
 """
 import io
@@ -11,12 +11,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import dsm_digits, translate_digits
+from jot import train
 from jot.data import digits
+from jot.methods import dsm
+from jot.translate import lsb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # the test preset's image size
@@ -89,6 +93,19 @@ def test_train_dsm_then_translate_from_launcher_and_cli(tmp_path):
     assert not os.path.exists(os.path.join(ddib_dir, "checkpoints"))  # it read the model, trained nothing
     on_disk = _check_outputs(ddib_dir, "ddib", config.translate.num_images, 4, source)
     assert on_disk == pytest.approx(metrics)
+
+    # LSB: the model's domain labels are its two conditions; the files hold lsb.translate's output.
+    config.translate.method = "lsb"
+    lsb_dir = str(tmp_path / "lsb")
+    metrics = main.run(config, lsb_dir, "translate")
+    _check_outputs(lsb_dir, "lsb", config.translate.num_images, 4, source)
+    model = train.restore(model_dir)
+    t = config.translate
+    want = lsb.translate(jnp.asarray(source[: t.num_images]), jax.random.PRNGKey(config.seed), nfe=4,
+                         schedule=dsm.schedule(model.config), eps_fn=dsm.eps_model(model.config, model.state),
+                         cond_source=0, cond_target=1, sigma=t.lsb_sigma, t0=t.lsb_t0, guidance=t.guidance, clip=1.0)
+    with np.load(os.path.join(lsb_dir, "translate_lsb.npz")) as z:
+        np.testing.assert_allclose(z["translated"], np.asarray(want), atol=1e-5)
 
     # 2) The CLI, OT-ALD (the config's default method) with an overridden NFE.
     cmd = [sys.executable, "-m", "launch.main", "--config=configs/translate_digits.py:test",
