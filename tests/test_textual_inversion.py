@@ -154,3 +154,37 @@ def test_missing_weights_and_empty_image_folders_are_one_clear_error(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "0.png")
     with pytest.raises(UserError, match=r"config.model.path='.*sd' cannot be loaded as Stable Diffusion: .*model_index"):
         train.train(c, str(tmp_path / "w2"))
+
+
+def test_translate_with_learned_tokens_from_an_sd_dsm_run(sd_run, tmp_path):
+    """``--mode=translate --config=configs/lsb_sd.py:digits`` reads the sd_dsm run and the learned
+    "<thick>" (the run folder of textual inversion), and writes what the translator returns."""
+    from configs import lsb_sd
+    from jot.methods import sd_dsm
+    from jot.translate import sd as sd_translate
+    from jot.translate import text_runner
+    from launch.main import run
+
+    ti_dir = str(tmp_path / "ti")
+    state = train.train(_config(sd_run, 2), ti_dir)
+    config = lsb_sd.get_config("digits")
+    config.model.workdir = sd_run
+    config.translate.update(textual_inversion=(ti_dir,), source_prompt="a thin digit", target_prompt="a <thick> digit",
+                            nfe=3, num_images=4, batch_size=4, progress=False, guidance=3.0)
+    config.mesh.data = 1
+    out = tmp_path / "out"
+    metrics = run(config, str(out), "translate")
+    assert metrics["num_images"] == 4 and np.isfinite(metrics["psnr"]) and np.isfinite(metrics["frechet"])
+    assert sorted(os.listdir(out / "translated")) == [f"digit_{i:04d}.png" for i in range(4)]
+
+    restored = train.restore(sd_run)
+    pipe = sd_dsm.text_pipeline(restored.config, restored.state).with_textual_inversion([ti_dir])
+    learned = np.asarray(jax.device_get(state.params["embeddings"]))
+    np.testing.assert_allclose(np.asarray(pipe.extra_embeddings), learned, rtol=1e-6)  # the learned row is used
+    images = text_runner._images(config)
+    want = sd_translate.Translator(pipe, "a thin digit", "a <thick> digit", text_runner.settings(config))(
+        images["x"], jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
+    want = np.clip(np.asarray(want), -1, 1)
+    for i in range(4):
+        png = np.asarray(Image.open(out / "translated" / f"digit_{i:04d}.png"), np.float32) / 127.5 - 1
+        np.testing.assert_allclose(png, want[i, ..., 0], atol=1.5 / 127.5)

@@ -77,25 +77,35 @@ def pretrained_from_folder(path: str) -> Pretrained:
 
 
 def pretrained_from_run(workdir: str) -> Pretrained:
-    """The trained model of a finished ``sd_dsm`` run in ``workdir`` (EMA UNet when the run keeps
-    one) as a ``Pretrained``: from scratch, its frozen random text encoder and byte-level
-    tokenizer in pixel space; fine-tuned, the frozen parts of its Stable Diffusion folder."""
+    """The trained model of a finished ``sd_dsm`` run in ``workdir`` (``trained``)."""
     from jot import train
 
     run = train.restore(workdir)
     if run.config.method != "sd_dsm":
         raise UserError(f"config.model.workdir={workdir!r} holds a {run.config.method!r} run; a text-conditioned "
                         "model is an sd_dsm run (or a diffusers folder via config.model.path).")
-    st = run.state
-    unet = _common.map_params(run.config, st, "unet")
-    if st.pretrained is not None:  # a fine-tuned Stable Diffusion: its frozen parts, the trained UNet
-        pre = jax.device_get(st.pretrained)
-        return pre.replace(unet=unet, graphdefs=_common.graphdefs({**pre.graphdefs, "unet": st.graphdefs["unet"]}))
+    return trained(run.config, run.state)
+
+
+def trained(config: ml_collections.ConfigDict, state: "State") -> Pretrained:
+    """The model a run trained (EMA UNet when it keeps one) as a ``Pretrained``: from scratch,
+    its frozen random text encoder and byte-level tokenizer in pixel space; fine-tuned, the
+    frozen parts of its Stable Diffusion folder."""
+    unet = _common.map_params(config, state, "unet")
+    if state.pretrained is not None:  # a fine-tuned Stable Diffusion: its frozen parts, the trained UNet
+        pre = jax.device_get(state.pretrained)
+        return pre.replace(unet=unet, graphdefs=_common.graphdefs({**pre.graphdefs, "unet": state.graphdefs["unet"]}))
     return Pretrained(
-        unet=unet, text_encoder=st.frozen["text_encoder"], schedule=schedule(run.config), vae=None,
-        graphdefs=_common.graphdefs({"unet": st.graphdefs["unet"], "text_encoder": st.graphdefs["text_encoder"]}),
-        tokenizer=sd_clip.CLIPTokenizer.byte_level(model_max_length=run.config.model.text.max_length),
-        prediction_type=run.config.model.prediction_type)
+        unet=unet, text_encoder=state.frozen["text_encoder"], schedule=schedule(config), vae=None,
+        graphdefs=_common.graphdefs({"unet": state.graphdefs["unet"], "text_encoder": state.graphdefs["text_encoder"]}),
+        tokenizer=sd_clip.CLIPTokenizer.byte_level(model_max_length=config.model.text.max_length),
+        prediction_type=config.model.prediction_type)
+
+
+def text_pipeline(config: ml_collections.ConfigDict, state: "State"):
+    """The trained model as a ``jot.models.sd.StableDiffusion`` (the hook ``jot.translate``'s
+    prompt translation reads a run with)."""
+    return pipeline(trained(config, state))
 
 
 def pipeline(pre: Pretrained):

@@ -60,7 +60,7 @@ def load_model(config: ml_collections.ConfigDict):
     """The ``StableDiffusion`` of ``config.model`` with ``translate.textual_inversion`` added."""
     import jax.numpy as jnp
 
-    from jot.methods import sd_dsm
+    from jot import train
     from jot.models import sd
 
     m, ti = config.model, [str(f) for f in config.translate.textual_inversion]
@@ -68,7 +68,16 @@ def load_model(config: ml_collections.ConfigDict):
         if m.path:
             return sd.load(m.path, dtype=jnp.dtype(m.get("dtype", "float32")), textual_inversion=ti)
         if m.get("workdir"):
-            return sd_dsm.pipeline(sd_dsm.pretrained_from_run(m.workdir)).with_textual_inversion(ti)
+            try:
+                run = train.restore(m.workdir)
+            except train.NoRun:
+                raise UserError(f"config.model.workdir={m.workdir!r} holds no finished run; train one first, e.g. "
+                                "--config=configs/sd_dsm.py:digits.") from None
+            hook = getattr(run.method, "text_pipeline", None)
+            if hook is None:
+                raise UserError(f"config.model.workdir={m.workdir!r} holds a {run.config.method!r} run, which is not "
+                                "text-conditioned; use an sd_dsm run (or a diffusers folder via config.model.path).")
+            return hook(run.config, run.state).with_textual_inversion(ti)
     except (OSError, ValueError) as e:
         where = f"config.model.path={m.path!r}" if m.path else f"config.model.workdir={m.workdir!r}"
         raise UserError(f"cannot load the model ({where}, textual_inversion={ti}): {e}") from e
