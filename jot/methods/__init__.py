@@ -9,6 +9,7 @@ _REGISTRY = {
     "otm": "jot.methods.otm",
     "diotm": "jot.methods.diotm",
     "dsm": "jot.methods.dsm",
+    "rdmd": "jot.methods.rdmd",
     "sd_dsm": "jot.methods.sd_dsm",
     "textual_inversion": "jot.methods.textual_inversion",
 }

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from jot.diffusion import samplers, schedules
+from jot.errors import UserError
 from jot.losses import denoising
 from jot.methods import _common
 from jot.methods._common import State
@@ -32,7 +33,22 @@ def schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     return schedules.make(config.model.schedule, config.model.num_steps)
 
 
-def _build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], rngs: nnx.Rngs) -> unet.UNet:
+def _build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
+    """The noise predictor of ``config.model``: the UNet (``kind="unet"``, the default) for images of
+    shape ``(H, W, C)``, or ``jot.models.point_eps.EpsMLP`` (``kind="mlp"``: ``width``, ``blocks``,
+    ``time_dim``, ``num_classes``) for points of shape ``(d,)``."""
+    kind = config.model.get("kind", "unet")
+    if kind == "mlp":
+        from jot.models import point_eps
+
+        if len(image_shape) != 1:
+            raise UserError(f"config.model.kind='mlp' is for points [B, d]; the data has shape {image_shape}. "
+                            "Use config.model.kind='unet' for images.")
+        m = config.model
+        return point_eps.EpsMLP(image_shape[0], width=m.width, blocks=m.blocks, time_dim=m.time_dim,
+                                num_classes=m.num_classes, rngs=rngs)
+    if kind != "unet":
+        raise UserError(f"config.model.kind={kind!r}; expected 'unet' (images) or 'mlp' (points).")
     size, _, channels = image_shape
     return unet.from_config(config.model, in_channels=channels, image_size=size, rngs=rngs)
 
