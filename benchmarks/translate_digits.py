@@ -2,6 +2,7 @@
 
     python benchmarks/translate_digits.py --workdir=runs/dsm_digits16
     python benchmarks/translate_digits.py --workdir=runs/dsm_digits16 --nfes=8 --lsb_guidance=1,3
+    python benchmarks/translate_digits.py --model=text     # sd_dsm:digits with learned <thin> / <thick>
 
 Uses (or first trains, with ``configs/dsm_digits.py:cpu16`` through the generic loop) one
 domain-conditioned UNet in ``--workdir`` (thin = label 0, thick = label 1). Every method makes
@@ -17,16 +18,26 @@ Protocol (no test image is used to choose anything):
    latents and the validation FD reference, which can only favour OT-ALD, and only in its
    end-step choice). Validation noise uses ``PRNGKey(1)`` for every candidate, test noise
    ``PRNGKey(0)``.
-2. **Selection.** At each NFE every method's free parameters are chosen by the lowest
-   validation FD over a grid fixed in advance (the flags' defaults):
+2. **Selection.** At each NFE every method's free parameters are chosen over a grid fixed in
+   advance (the flags' defaults), by two rules, each reported in its own test table:
+
+   - ``fd``: the lowest validation FD;
+   - ``faithful``: the lowest validation FD among the candidates whose validation class accuracy
+     (the classifier below, on the validation sources' labels) is at least
+     ``--min_val_accuracy`` = 0.8 (the untranslated thin sources score about 0.95); the most
+     accurate candidate if none is. FD alone rewards outputs that drop the source digit for a
+     typical thick digit (a translation that ignores its input); this rule asks for the best
+     target fit among translations that keep the digit.
+
+   The grids:
 
    - LSB (``jot.translate.lsb``, SNR matching, time-dependent noise, final step all on):
      guidance ``w`` in {1, 3, 5, 11}, bridge noise ``sigma`` in {1.0, 2.3, 4.0}, start time
      ``t0`` in {0.2, 0.4} (24 candidates);
    - SDEdit: start step ``s0`` in {0.3, 0.5, 0.7} x (S - 1);
    - SDEdit-SNR: no free parameter of its own; ``s0`` = ``bridge.snr_matched_step(t0, sigma)``
-     with the LSB ``sigma``, ``t0`` selected at the same NFE (the SDEdit baseline LSB's paper
-     matches to its initial SNR);
+     with the LSB ``sigma``, ``t0`` selected at the same NFE by the same rule (the SDEdit
+     baseline LSB's paper matches to its initial SNR);
    - DDIB and OT-ALD: end step in {1.0, ``--early_end`` = 0.5} x (S - 1).
 
    The OT-ALD map options (``--ot_map`` etc.) are fixed, not selected.
@@ -50,6 +61,15 @@ Protocol (no test image is used to choose anything):
    parameters selected at that NFE, on the test images): all on; no SNR matching; + no
    time-dependent noise; + no guidance (w = 1); + no final step (then all ``NFE`` calls are
    Euler steps). Same metrics.
+
+``--model=text`` runs the same protocol on the text-conditioned ``sd_dsm:digits`` model (an
+SD-architecture UNet with cross-attention to a frozen CLIP text encoder, pixel space) with the
+prompts ``"a <thin> digit"`` / ``"a <thick> digit"``, whose tokens were learned by textual
+inversion from the thin and the thick training digits (``--ti_workdirs``; trained first if
+missing, as ``benchmarks/textual_inversion_digits.py`` does), through ``jot.translate.sd``. LSB's
+two conditions are then the two prompts; SDEdit, DDIB and OT-ALD sample with the target prompt
+and DDIB/OT-ALD invert with the source prompt, without guidance. ``--source_prompt`` /
+``--target_prompt`` change the prompts (e.g. the true "a thin digit" / "a thick digit").
 
 Tables are printed; everything (reference numbers, every validation candidate, the selection,
 test rows, ablation) is written as JSON to ``--out``.
@@ -107,6 +127,45 @@ def load_model(workdir: str, preset: str, steps: int | None):
     return model.config, model.state
 
 
+RULES = {
+    "fd": "lowest validation FD",
+    "faithful": "lowest validation FD among candidates whose validation class accuracy is at least "
+                "--min_val_accuracy; the most accurate candidate if none is",
+}
+
+
+def choose(cands: list, rule: str, min_accuracy: float):
+    """The ``(row, fn)`` of ``cands`` that ``rule`` picks (``RULES``)."""
+    if rule == "faithful":
+        kept = [c for c in cands if c[0]["val_accuracy"] >= min_accuracy]
+        if not kept:
+            return max(cands, key=lambda c: c[0]["val_accuracy"])
+        cands = kept
+    return min(cands, key=lambda c: c[0]["val_frechet"])
+
+
+def load_text_model(args):
+    """The ``sd_dsm:digits`` model (trained, with ``<thin>`` and ``<thick>`` learned by textual
+    inversion, if ``--sd_workdir`` / ``--ti_workdirs`` do not hold them yet) as a pipeline."""
+    from benchmarks.textual_inversion_digits import _trained
+    from configs import sd_dsm as sd_dsm_config
+    from configs import textual_inversion as ti_config
+    from jot.methods import sd_dsm
+
+    sd_config = sd_dsm_config.get_config("digits")
+    sd_config.train.progress = False
+    print(f"sd_dsm: {_trained(sd_config, args.sd_workdir):.0f} s of training", flush=True)
+    ti_dirs = args.ti_workdirs.split(",")
+    for folder, token, key in zip(ti_dirs, ("<thin>", "<thick>"), ("x", "y")):
+        ti = ti_config.get_config("digits")
+        ti.model.workdir = args.sd_workdir
+        ti.textual_inversion.tokens, ti.textual_inversion.key = (token,), key
+        ti.train.progress = False
+        print(f"textual inversion {token}: {_trained(ti, folder):.0f} s of training", flush=True)
+    run = train.restore(args.sd_workdir)
+    return run.config, sd_dsm.text_pipeline(run.config, run.state).with_textual_inversion(ti_dirs)
+
+
 def timed(fn, x):
     jax.block_until_ready(fn(x[:8]))  # compile for a small batch is not enough: warm the full shape
     jax.block_until_ready(fn(x))
@@ -151,15 +210,27 @@ def main():
     p.add_argument("--lsb_sigma", default="1.0,2.3,4.0", help="LSB bridge noise grid")
     p.add_argument("--lsb_t0", default="0.2,0.4", help="LSB start-time grid")
     p.add_argument("--ablation_nfe", type=int, default=8, help="NFE of the LSB ablation (0 = none)")
-    p.add_argument("--out", default="benchmarks/results/translate_digits.json")
+    p.add_argument("--min_val_accuracy", type=float, default=0.8,
+                   help="the faithful rule's floor on validation class accuracy (the thin sources score ~0.95)")
+    p.add_argument("--model", default="dsm", choices=["dsm", "text"],
+                   help="dsm: the domain-conditioned UNet (labels 0 -> 1); text: the sd_dsm:digits model with prompts")
+    p.add_argument("--sd_workdir", default="runs/sd_digits", help="text: the sd_dsm:digits run")
+    p.add_argument("--ti_workdirs", default="runs/ti_thin,runs/ti_thick",
+                   help="text: textual-inversion runs learning <thin> (from thin) and <thick> (from thick digits)")
+    p.add_argument("--source_prompt", default="a <thin> digit", help="text: the source domain's prompt")
+    p.add_argument("--target_prompt", default="a <thick> digit", help="text: the target domain's prompt")
+    p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/translate_digits[_text].json)")
     args = p.parse_args()
+    args.out = args.out or f"benchmarks/results/translate_digits{'_text' if args.model == 'text' else ''}.json"
 
-    config, state = load_model(args.workdir, args.preset, args.steps)
+    if args.model == "text":
+        config, pipe = load_text_model(args)
+        state = None
+    else:
+        config, state = load_model(args.workdir, args.preset, args.steps)
     sp = digits.split(config.data.size, config.data.thickness, config.data.split_seed)
-    sched = dsm.schedule(config)
+    sched = pipe.schedule if args.model == "text" else dsm.schedule(config)
     top = float(sched.num_steps - 1)
-    eps = dsm.eps_model(config, state)  # conditional: the condition is the domain label
-    eps_a, eps_b = (dsm.eps_model(config, state, label=i) for i in (0, 1))
     nfes = [int(n) for n in args.nfes.split(",")]
 
     n_val = args.num_val
@@ -180,6 +251,7 @@ def main():
     reference = {
         "twin_accuracy": float(clf.score(flat(test_y), test_labels)),
         "source_accuracy": float(clf.score(flat(test_x), test_labels)),
+        "val_source_accuracy": float(clf.score(flat(val_x), val_labels)),
         "source_psnr": float(image.psnr(test_x, test_y).mean()),
         "source_frechet": frechet.frechet_distance(test_x, test_y),
         "train_target_frechet": frechet.frechet_distance(sp.target_train, test_y),
@@ -189,32 +261,59 @@ def main():
     }
     print("reference:", json.dumps(reference), flush=True)
 
-    # --- candidates: name -> [(params, fn(x, rng))] at one NFE -------------------------------
-    def lsb_fn(nfe, guidance, sigma, t0, **switches):
-        return lambda x, rng: lsb.translate(x, rng, nfe=nfe, schedule=sched, eps_fn=eps, cond_source=0,
-                                            cond_target=1, guidance=guidance, sigma=sigma, t0=t0, clip=1.0,
-                                            **switches)
-
-    def sdedit_fn(nfe, start_step):
-        return lambda x, rng: sdedit.translate(x, rng, nfe=nfe, schedule=sched, eps_target=eps_b,
-                                               start_step=start_step, clip=1.0)
-
-    def ddib_fn(nfe, end_step):
-        return lambda x, rng: ddib.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b,
-                                             end_step=end_step, clip=1.0)
-
+    # --- candidates: fn(x, rng) for one method, NFE and parameters -----------------------------
     ot_maps = {}
+    if args.model == "text":
+        from jot.translate import sd as sd_translate
 
-    def otald_fn(nfe, end_step):
-        if (nfe, end_step) not in ot_maps:
-            t0 = time.perf_counter()
-            m, _, z_b = otald.fit(fit_x, fit_y, eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
-                                  end_step=end_step, method=args.ot_map, epsilon=args.ot_epsilon or None,
-                                  neighbours=args.ot_neighbours, shrinkage=args.ot_shrinkage)
-            ot_maps[nfe, end_step] = (m, z_b, time.perf_counter() - t0)
-        m = ot_maps[nfe, end_step][0]
-        return lambda x, rng: otald.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a, eps_target=eps_b,
-                                              latent_map=m, end_step=end_step, clip=1.0)
+        def translator(method, nfe, **params):
+            return sd_translate.Translator(pipe, args.source_prompt, args.target_prompt,
+                                           sd_translate.Settings(method=method, nfe=nfe, clip=1.0, **params))
+
+        def lsb_fn(nfe, guidance, sigma, t0, **switches):
+            return translator("lsb", nfe, guidance=guidance, sigma=sigma, t0=t0, **switches)
+
+        def sdedit_fn(nfe, start_step):
+            return translator("sdedit", nfe, guidance=1.0, sdedit_start_step=start_step)
+
+        def ddib_fn(nfe, end_step):
+            return translator("ddib", nfe, guidance=1.0, end_step=end_step)
+
+        def otald_fn(nfe, end_step):
+            if (nfe, end_step) not in ot_maps:
+                t0 = time.perf_counter()
+                tr = translator("otald", nfe, guidance=1.0, end_step=end_step)
+                tr.fit_otald(fit_x, fit_y, method=args.ot_map, epsilon=args.ot_epsilon or None,
+                             neighbours=args.ot_neighbours, shrinkage=args.ot_shrinkage)
+                ot_maps[nfe, end_step] = (tr, None, time.perf_counter() - t0)
+            return ot_maps[nfe, end_step][0]
+    else:
+        eps = dsm.eps_model(config, state)  # conditional: the condition is the domain label
+        eps_a, eps_b = (dsm.eps_model(config, state, label=i) for i in (0, 1))
+
+        def lsb_fn(nfe, guidance, sigma, t0, **switches):
+            return lambda x, rng: lsb.translate(x, rng, nfe=nfe, schedule=sched, eps_fn=eps, cond_source=0,
+                                                cond_target=1, guidance=guidance, sigma=sigma, t0=t0, clip=1.0,
+                                                **switches)
+
+        def sdedit_fn(nfe, start_step):
+            return lambda x, rng: sdedit.translate(x, rng, nfe=nfe, schedule=sched, eps_target=eps_b,
+                                                   start_step=start_step, clip=1.0)
+
+        def ddib_fn(nfe, end_step):
+            return lambda x, rng: ddib.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a,
+                                                 eps_target=eps_b, end_step=end_step, clip=1.0)
+
+        def otald_fn(nfe, end_step):
+            if (nfe, end_step) not in ot_maps:
+                t0 = time.perf_counter()
+                m, _, z_b = otald.fit(fit_x, fit_y, eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
+                                      end_step=end_step, method=args.ot_map, epsilon=args.ot_epsilon or None,
+                                      neighbours=args.ot_neighbours, shrinkage=args.ot_shrinkage)
+                ot_maps[nfe, end_step] = (m, z_b, time.perf_counter() - t0)
+            m = ot_maps[nfe, end_step][0]
+            return lambda x, rng: otald.translate(x, None, nfe=nfe, schedule=sched, eps_source=eps_a,
+                                                  eps_target=eps_b, latent_map=m, end_step=end_step, clip=1.0)
 
     ends = [1.0] + ([args.early_end] if args.early_end != 1.0 else [])
     lsb_grid = [{"guidance": w, "sigma": s, "t0": t} for w in floats(args.lsb_guidance)
@@ -233,15 +332,22 @@ def main():
                                    for f in ends],
     }
 
-    # --- 1-2: selection on validation FD --------------------------------------------------------
-    validation, selected, chosen_fn = [], {}, {}
+    # --- 1-2: validation, then each rule's choice --------------------------------------------------
+    validation, selected, chosen_fn = [], {rule: {} for rule in RULES}, {}
     for nfe in sorted(set(nfes) | ({args.ablation_nfe} if args.ablation_nfe else set())):
-        sel = selected.setdefault(nfe, {})
+        for rule in RULES:
+            selected[rule][nfe] = {}
         for method, grid in grids.items():
             if nfe not in nfes and method != "lsb":
                 continue  # the ablation NFE only needs LSB's choice
-            best = None
-            for params, fn in grid(nfe, sel):
+            # SDEdit-SNR follows each rule's LSB choice: its candidates depend on the rule.
+            per_rule = {rule: grid(nfe, selected[rule][nfe]) for rule in RULES} if method == "sdedit-snr" else None
+            pool = [c for rule in RULES for c in per_rule[rule]] if per_rule else grid(nfe, None)
+            seen = {}
+            for params, fn in pool:
+                key = json.dumps(params, sort_keys=True)
+                if key in seen:
+                    continue
                 t0 = time.perf_counter()
                 y = np.asarray(jax.block_until_ready(fn(val_x, VAL_KEY)))
                 row = {"method": method, "nfe": nfe, "params": params,
@@ -249,44 +355,54 @@ def main():
                        "val_accuracy": float(clf.score(flat(y), val_labels)),
                        "seconds": time.perf_counter() - t0}
                 validation.append(row)
+                seen[key] = (row, fn)
                 print("val", json.dumps(row), flush=True)
-                if best is None or row["val_frechet"] < best[0]["val_frechet"]:
-                    best = (row, fn)
-            sel[method] = best[0]["params"]
-            chosen_fn[method, nfe] = best[1]
-            print(f"chosen at NFE {nfe}: {method} {describe(sel[method])} (val FD {best[0]['val_frechet']:.4f})",
-                  flush=True)
+            for rule in RULES:
+                own = [seen[json.dumps(q, sort_keys=True)] for q, _ in per_rule[rule]] if per_rule else list(seen.values())
+                row, fn = choose(own, rule, args.min_val_accuracy)
+                selected[rule][nfe][method] = row["params"]
+                chosen_fn[rule, method, nfe] = fn
+                print(f"chosen at NFE {nfe} ({rule}): {method} {describe(row['params'])} (val FD "
+                      f"{row['val_frechet']:.4f}, val acc {row['val_accuracy']:.3f})", flush=True)
 
     # --- 3: test rows -------------------------------------------------------------------------
     def score(y):
         return {"psnr": float(image.psnr(y, test_y).mean()), "accuracy": float(clf.score(flat(y), test_labels)),
                 "frechet": frechet.frechet_distance(y, test_y), "frechet_floor": reference["frechet_floor"]}
 
-    rows = []
-    for nfe in nfes:
-        for method in grids:
-            fn = chosen_fn[method, nfe]
-            y, sec = timed(lambda x, fn=fn: fn(x, TEST_KEY), x_test)
-            row = {"method": method, "nfe": nfe, "params": selected[nfe][method], **score(y), "seconds_per_image": sec}
-            if method == "otald":
-                end = float(selected[nfe][method]["end_step"])
-                m, z_b, fit_seconds = ot_maps[nfe, end]
-                report = otald.latent_report(m, x_test[: len(x_test) // 2], jnp.asarray(test_y), eps_source=eps_a,
-                                             eps_target=eps_b, schedule=sched, nfe=nfe, end_step=end, z_target_fit=z_b)
-                row.update({f"heldout_{k}": v for k, v in report.items()}, fit_seconds=fit_seconds)
-            rows.append(row)
-            print("test", json.dumps(row), flush=True)
+    rows, done = [], {}
+    for rule in RULES:
+        for nfe in nfes:
+            for method in grids:
+                params = selected[rule][nfe][method]
+                key = (method, nfe, json.dumps(params, sort_keys=True))
+                if key not in done:  # the rules often agree: translate once
+                    fn = chosen_fn[rule, method, nfe]
+                    y, sec = timed(lambda x, fn=fn: fn(x, TEST_KEY), x_test)
+                    done[key] = {**score(y), "seconds_per_image": sec}
+                    if method == "otald" and args.model == "dsm":
+                        end = float(params["end_step"])
+                        m, z_b, fit_seconds = ot_maps[nfe, end]
+                        report = otald.latent_report(m, x_test[: len(x_test) // 2], jnp.asarray(test_y),
+                                                     eps_source=eps_a, eps_target=eps_b, schedule=sched, nfe=nfe,
+                                                     end_step=end, z_target_fit=z_b)
+                        done[key].update({f"heldout_{k}": v for k, v in report.items()}, fit_seconds=fit_seconds)
+                row = {"rule": rule, "method": method, "nfe": nfe, "params": params, **done[key]}
+                rows.append(row)
+                print("test", json.dumps(row), flush=True)
 
     # --- 4: LSB ablation ----------------------------------------------------------------------
     ablation = []
     if args.ablation_nfe:
-        nfe, switches = args.ablation_nfe, dict(selected[args.ablation_nfe]["lsb"])
-        for name, change in ABLATION:
-            switches.update(change)
-            y, sec = timed(lambda x, q=dict(switches): lsb_fn(nfe, **q)(x, TEST_KEY), x_test)
-            row = {"row": name, "nfe": nfe, "params": dict(switches), **score(y), "seconds_per_image": sec}
-            ablation.append(row)
-            print("ablation", json.dumps(row), flush=True)
+        for rule in RULES:
+            nfe, switches = args.ablation_nfe, dict(selected[rule][args.ablation_nfe]["lsb"])
+            for name, change in ABLATION:
+                switches.update(change)
+                y, sec = timed(lambda x, q=dict(switches): lsb_fn(nfe, **q)(x, TEST_KEY), x_test)
+                row = {"rule": rule, "row": name, "nfe": nfe, "params": dict(switches), **score(y),
+                       "seconds_per_image": sec}
+                ablation.append(row)
+                print("ablation", json.dumps(row), flush=True)
 
     # --- tables -------------------------------------------------------------------------------
     floor = reference["frechet_floor"]
@@ -300,11 +416,13 @@ def main():
           f"{reference['frechet_floor_std'] if floor is None else round(reference['frechet_floor_std'], 4)} "
           f"(thick train subsets of {num_test} vs the thick test twins)")
 
-    print("\nvalidation (FD to thick training images; * = selected)")
-    print(f"{'method':<12}{'NFE':>4}  {'params':<44}{'val FD':>9}{'val acc':>9}")
+    print(f"\nvalidation (FD to thick training images; F = chosen by the fd rule, A = by the faithful rule: "
+          f"lowest FD with validation accuracy >= {args.min_val_accuracy})")
+    print(f"{'method':<12}{'NFE':>4}   {'params':<44}{'val FD':>9}{'val acc':>9}")
     for r in validation:
-        star = "*" if selected[r["nfe"]][r["method"]] is r["params"] else " "
-        print(f"{r['method']:<12}{r['nfe']:>4} {star}{describe(r['params']):<44}{r['val_frechet']:>9.4f}"
+        marks = "".join(tag if selected[rule][r["nfe"]].get(r["method"]) == r["params"] else " "
+                        for rule, tag in (("fd", "F"), ("faithful", "A")))
+        print(f"{r['method']:<12}{r['nfe']:>4} {marks}{describe(r['params']):<44}{r['val_frechet']:>9.4f}"
               f"{r['val_accuracy']:>9.3f}")
 
     head = f"{'PSNR':>8}{'acc':>7}{'FD':>9}{'floor':>8}{'ms/img':>8}"
@@ -314,12 +432,15 @@ def main():
         return (f"{r['psnr']:>8.2f}{r['accuracy']:>7.3f}{r['frechet']:>9.4f}{fl:>8}"
                 f"{1e3 * r['seconds_per_image']:>8.2f}")
 
-    print("\ntest (selected parameters; FD to the thick test twins, floor = thick train vs test at the same size)")
-    print(f"{'method':<12}{'NFE':>4}  {'params':<44}{head}")
-    for r in rows:
-        print(f"{r['method']:<12}{r['nfe']:>4}  {describe(r['params']):<44}{metrics(r)}")
+    for rule in RULES:
+        print(f"\ntest, {rule} rule ({RULES[rule]}; FD to the thick test twins, floor = thick train vs test at the "
+              "same size)")
+        print(f"{'method':<12}{'NFE':>4}  {'params':<44}{head}")
+        for r in rows:
+            if r["rule"] == rule:
+                print(f"{r['method']:<12}{r['nfe']:>4}  {describe(r['params']):<44}{metrics(r)}")
 
-    ot_rows = [r for r in rows if "heldout_w2sq_after" in r]
+    ot_rows = [r for r in rows if "heldout_w2sq_after" in r and r["rule"] == "fd"]
     if ot_rows:
         print("\nOT-ALD latents (held out, per pixel): W2 = exact W2^2 of the unmapped (before) / mapped (after) test "
               "sources and of a second target sample (floor) against target latents; marg = per-coordinate 1-D W2^2; "
@@ -335,20 +456,25 @@ def main():
                   f"{h['var_ratio_mean']:>7.3f}+-{h['var_ratio_std']:.2f}{h['var_ratio_total']:>7.3f}"
                   f"{h['collapse_fraction']:>6.2f}{r['fit_seconds']:>7.1f}")
 
-    if ablation:
-        print(f"\nLSB ablation at NFE {args.ablation_nfe} (selected LSB parameters; rows cumulative)")
-        print(f"{'row':<28}{'w':>5}{head}")
+    for rule in RULES if ablation else ():
+        print(f"\nLSB ablation at NFE {args.ablation_nfe} (LSB parameters of the {rule} rule; rows cumulative)")
+        print(f"{'row':<28}{'w':>5}{'sigma':>6}{'t0':>5}{head}")
         for r in ablation:
-            print(f"{r['row']:<28}{r['params']['guidance']:>5g}{metrics(r)}")
+            if r["rule"] == rule:
+                q = r["params"]
+                print(f"{r['row']:<28}{q['guidance']:>5g}{q['sigma']:>6g}{q['t0']:>5g}{metrics(r)}")
 
     files.write_json(args.out, {
         "reference": reference, "frechet_floors": floors,
         "protocol": {"num_val": n_val, "val_reference": "thick training images", "val_key": 1, "test_key": 0,
                      "num_fit": [len(fit_x), len(fit_y)], "num_test": num_test,
                      "grids": {"lsb": lsb_grid, "sdedit_start": floats(args.sdedit_start), "end": ends},
+                     "rules": RULES, "min_val_accuracy": args.min_val_accuracy, "model": args.model,
+                     "prompts": [args.source_prompt, args.target_prompt] if args.model == "text" else None,
                      "floor": f"mean over {FLOOR_DRAWS} random subsets of {num_test} thick training images vs the "
                               f"{num_test} thick test twins"},
-        "validation": validation, "selected": {str(k): v for k, v in selected.items()}, "rows": rows,
+        "validation": validation,
+        "selected": {rule: {str(k): v for k, v in sel.items()} for rule, sel in selected.items()}, "rows": rows,
         "ablation": ablation, "args": vars(args), "devices": str(jax.devices()),
     })
 

@@ -63,30 +63,40 @@ def test_translate_digits_selects_on_validation_and_reports_lsb(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(path.read_text())
     methods = ["lsb", "sdedit", "sdedit-snr", "ddib", "otald"]
-    assert [(r["method"], r["nfe"]) for r in res["rows"]] == [(m, 3) for m in methods]
+    assert [(r["rule"], r["method"], r["nfe"]) for r in res["rows"]] == [
+        (rule, m, 3) for rule in ("fd", "faithful") for m in methods]
     assert res["protocol"]["num_val"] == 8 and res["protocol"]["num_test"] == 8
     floor = res["reference"]["frechet_floor"]
     assert floor is not None and floor >= 0
+    min_acc = res["protocol"]["min_val_accuracy"]
     for r in res["rows"]:
         for k in ("psnr", "accuracy", "frechet", "seconds_per_image"):
             assert np.isfinite(r[k]), (r["method"], k)
         assert r["frechet_floor"] == floor
-        # the test row runs the configuration with the lowest validation FD of its method and NFE
+        assert r["params"] == res["selected"][r["rule"]][str(r["nfe"])][r["method"]]
         cands = [v for v in res["validation"] if v["method"] == r["method"] and v["nfe"] == r["nfe"]]
-        assert r["params"] == min(cands, key=lambda v: v["val_frechet"])["params"]
-        assert r["params"] == res["selected"][str(r["nfe"])][r["method"]]
+        if r["method"] == "sdedit-snr":  # its one candidate follows the rule's LSB choice
+            lsb_choice = res["selected"][r["rule"]][str(r["nfe"])]["lsb"]
+            assert (r["params"]["lsb_sigma"], r["params"]["lsb_t0"]) == (lsb_choice["sigma"], lsb_choice["t0"])
+            continue
+        if r["rule"] == "fd":  # the configuration with the lowest validation FD
+            assert r["params"] == min(cands, key=lambda v: v["val_frechet"])["params"]
+        else:  # the lowest FD among the accurate enough, else the most accurate
+            kept = [v for v in cands if v["val_accuracy"] >= min_acc]
+            best = min(kept, key=lambda v: v["val_frechet"]) if kept else max(cands, key=lambda v: v["val_accuracy"])
+            assert r["params"] == best["params"]
     lsb_cands = [v["params"] for v in res["validation"] if v["method"] == "lsb" and v["nfe"] == 3]
     assert sorted((q["guidance"], q["sigma"], q["t0"]) for q in lsb_cands) == [
         (w, s, t) for w in LSB_GRID["guidance"] for s in LSB_GRID["sigma"] for t in LSB_GRID["t0"]]
-    sel = res["selected"]["3"]
-    assert (sel["sdedit-snr"]["lsb_sigma"], sel["sdedit-snr"]["lsb_t0"]) == (sel["lsb"]["sigma"], sel["lsb"]["t0"])
-    names = [r["row"] for r in res["ablation"]]
-    assert names == ["all on", "no SNR matching", "+ no time-dependent noise", "+ no guidance (w=1)",
-                     "+ no final step"]
-    chosen = res["selected"]["3"]["lsb"]
-    assert res["ablation"][0]["params"] == chosen and all(r["nfe"] == 3 for r in res["ablation"])
-    last = res["ablation"][-1]["params"]
-    assert last["guidance"] == 1.0 and (last["sigma"], last["t0"]) == (chosen["sigma"], chosen["t0"])
-    assert not last["snr_matching"] and not last["time_dependent_noise"] and not last["final_step"]
-    assert all(np.isfinite(r["frechet"]) and np.isfinite(r["psnr"]) for r in res["ablation"])
+    for rule in ("fd", "faithful"):
+        abl = [r for r in res["ablation"] if r["rule"] == rule]
+        assert [r["row"] for r in abl] == ["all on", "no SNR matching", "+ no time-dependent noise",
+                                           "+ no guidance (w=1)", "+ no final step"]
+        chosen = res["selected"][rule]["3"]["lsb"]
+        assert abl[0]["params"] == chosen and all(r["nfe"] == 3 for r in abl)
+        last = abl[-1]["params"]
+        assert last["guidance"] == 1.0 and (last["sigma"], last["t0"]) == (chosen["sigma"], chosen["t0"])
+        assert not last["snr_matching"] and not last["time_dependent_noise"] and not last["final_step"]
+        assert all(np.isfinite(r["frechet"]) and np.isfinite(r["psnr"]) for r in abl)
     assert "LSB ablation at NFE 3" in out.stdout and "validation (FD to thick training images" in out.stdout
+    assert "test, faithful rule" in out.stdout
