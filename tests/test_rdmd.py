@@ -141,3 +141,28 @@ def test_rdmd_learns_a_translation_between_gaussians(tmp_path):
     z = np.load(tmp_path / "rdmd" / "transport.npz")
     np.testing.assert_allclose(z["Tx"].mean(0), [4.0, 4.0], atol=0.7)
     np.testing.assert_allclose(z["Tx"].std(0), [1.0, 1.0], atol=0.25)
+
+
+@pytest.mark.slow
+def test_digits_with_a_domain_conditioned_unet_teacher(tmp_path):
+    from configs import dsm_digits, rdmd_digits
+    from jot.metrics import image
+
+    loop.train(dsm_digits.get_config("test"), str(tmp_path / "teacher"))
+    c = rdmd_digits.get_config("test")
+    c.teacher.workdir = str(tmp_path / "teacher")
+    c.data.size = 8
+    with pytest.raises(UserError, match=r"config.data.size=8 but the teacher .* data.size=16"):
+        loop.train(c, str(tmp_path / "bad"))
+    c.data.size = 16
+    c.teacher.label = -1
+    with pytest.raises(UserError, match=r"conditioned on 2 labels; set config.teacher.label"):
+        loop.train(c, str(tmp_path / "bad"))
+    c.teacher.label = 1
+    loop.train(c, str(tmp_path / "rdmd"))
+    z = np.load(tmp_path / "rdmd" / "transport.npz")
+    assert z["Tx"].shape == z["x"].shape == z["y"].shape and z["x"].shape[1:] == (16, 16, 1)
+    metrics = json.load(open(tmp_path / "rdmd" / "metrics.json"))
+    np.testing.assert_allclose(metrics["cost"], np.mean((z["Tx"] - z["x"]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(metrics["psnr"], image.psnr(np.clip(z["Tx"], -1, 1), z["y"]).mean(), rtol=1e-5)
+    assert np.isfinite(metrics["frechet"]) and metrics["frechet_source"] > 0

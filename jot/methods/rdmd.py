@@ -152,6 +152,11 @@ def load_pretrained(config: ml_collections.ConfigDict) -> Teacher:
     if run.config.method != "dsm":
         raise UserError(f"config.teacher.workdir={config.teacher.workdir!r} holds a {run.config.method!r} run; the "
                         "teacher must be a dsm run of the target domain.")
+    for field in ("name", "size", "thickness", "split_seed"):
+        mine, theirs = config.data.get(field), run.config.data.get(field)
+        if theirs is not None and mine != theirs:
+            raise UserError(f"config.data.{field}={mine!r} but the teacher in {config.teacher.workdir} was trained "
+                            f"with data.{field}={theirs!r}; set --config.data.{field}={theirs!r}.")
     classes = int(run.config.model.num_classes)
     label = int(config.teacher.label)
     if classes > 0 and not 0 <= label < classes:
