@@ -1,0 +1,145 @@
+"""RDMD benchmarks: the lambda trade-off on 2D, and one-step digits translation beside
+multi-step translators of the same teacher.
+
+    python benchmarks/rdmd.py --part=2d [--steps 3000] [--lams 0,0.05,0.2,1]
+    python benchmarks/rdmd.py --part=digits [--steps 600] [--nfe 8]
+
+``2d``: N(0, I) -> 8 Gaussians (``configs/rdmd_2d.py``) from the teacher in ``--teacher_2d``
+(trained there with ``configs/rdmd_2d.py:teacher`` when missing); one RDMD run per lambda in
+``--workdir``/lam<lambda>; reports on 1000 held-out points the transport cost
+``mean ||x - G(x)||^2``, ``W2^2(G#mu, nu)`` and the L2 to the exact discrete OT map
+(``jot.methods._ot_eval``). The paper's claim: the cost falls and the W2 rises with lambda.
+
+``digits``: thin -> thick with ``configs/rdmd_digits.py:cpu16`` from the dsm teacher in
+``--teacher_digits`` (``configs/dsm_digits.py:cpu16``): RDMD at 1 NFE against DDIB and SDEdit of
+the same teacher at ``--nfe`` model calls, scored on the test split by PSNR against the thick
+twins, per-pixel transport cost, and the Frechet distance (``jot.metrics.frechet``) to the
+twins; and throughput (images/s, jitted, after one warm-up call) of each on the test split.
+Results go to ``--out`` as JSON.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _train(config, workdir: str) -> dict:
+    from jot.train import loop
+
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path) and json.load(open(path)).get("step") == config.train.steps:
+        return json.load(open(path))
+    loop.train(config, workdir)
+    return json.load(open(path))
+
+
+def part_2d(args) -> dict:
+    from configs import rdmd_2d
+
+    if not os.path.exists(os.path.join(args.teacher_2d, "metrics.json")):
+        teacher = rdmd_2d.get_config("teacher")
+        teacher.train.progress = False
+        _train(teacher, args.teacher_2d)
+    rows = []
+    for lam in [float(v) for v in args.lams.split(",")]:
+        c = rdmd_2d.get_config("g8g")
+        c.teacher.workdir = args.teacher_2d
+        c.loss.lam = lam
+        c.train.steps = args.steps
+        c.train.progress = False
+        t0 = time.perf_counter()
+        m = _train(c, os.path.join(args.workdir, "2d", f"lam{lam:g}"))
+        rows.append({"lam": lam, "cost": m["cost"], "w2": m["w2"], "l2_to_ot": m["l2_to_ot"],
+                     "seconds": time.perf_counter() - t0})
+        print(f"lambda {lam:<6g} cost {m['cost']:8.3f}  W2^2 {m['w2']:7.3f}  L2 to OT {m['l2_to_ot']:7.3f}", flush=True)
+    return {"rows": rows, "steps": args.steps, "teacher": args.teacher_2d}
+
+
+def _rate(fn, x, repeats: int = 3) -> float:
+    import jax
+
+    jax.block_until_ready(fn(x))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        best = min(best, time.perf_counter() - t0)
+    return len(x) / best
+
+
+def part_digits(args) -> dict:
+    import jax
+    import numpy as np
+
+    from configs import rdmd_digits
+    from jot import train
+    from jot.methods import dsm, rdmd
+    from jot.metrics import frechet, image
+    from jot.translate import ddib, sdedit
+
+    c = rdmd_digits.get_config("cpu16")
+    c.teacher.workdir = args.teacher_digits
+    c.train.steps = args.steps
+    c.train.progress = False
+    wd = os.path.join(args.workdir, "digits")
+    _train(c, wd)
+    run = train.restore(wd)
+    teacher = train.restore(args.teacher_digits)
+    data = run.dataset.eval_data()
+    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    sched = dsm.schedule(teacher.config)
+    e0 = dsm.eps_model(teacher.config, teacher.state, label=0)
+    e1 = dsm.eps_model(teacher.config, teacher.state, label=1)
+    top = float(sched.num_steps - 1)
+    fns = {
+        "rdmd (1 NFE)": jax.jit(lambda u: rdmd.transport(run.config, run.state, u)),
+        f"ddib ({args.nfe} NFE)": jax.jit(lambda u: ddib.translate(u, None, nfe=args.nfe, schedule=sched,
+                                                                   eps_source=e0, eps_target=e1, end_step=top)),
+        f"sdedit ({args.nfe} NFE)": jax.jit(lambda u: sdedit.translate(
+            u, jax.random.PRNGKey(0), nfe=args.nfe, schedule=sched, eps_target=e1, start_step=args.sdedit_t * top)),
+    }
+    rows = [{"method": "source (identity)", "psnr": float(image.psnr(x, y).mean()), "cost": 0.0,
+             "frechet": frechet.frechet_distance(x, y), "images_per_s": None}]
+    for name, fn in fns.items():
+        out = np.clip(np.asarray(fn(x)), -1, 1)
+        rows.append({"method": name, "psnr": float(image.psnr(out, y).mean()), "cost": float(np.mean((out - x) ** 2)),
+                     "frechet": frechet.frechet_distance(out, y), "images_per_s": _rate(fn, x)})
+    for r in rows:
+        rate = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
+        print(f"{r['method']:<18} PSNR {r['psnr']:6.2f}  cost {r['cost']:.4f}  FD {r['frechet']:.4f}  images/s {rate}",
+              flush=True)
+    return {"rows": rows, "steps": args.steps, "nfe": args.nfe, "n_test": len(x), "teacher": args.teacher_digits}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["2d", "digits", "all"], default="all")
+    p.add_argument("--steps", type=int, default=None, help="RDMD steps (default: 3000 for 2d, 600 for digits)")
+    p.add_argument("--lams", default="0,0.05,0.2,1")
+    p.add_argument("--nfe", type=int, default=8)
+    p.add_argument("--sdedit_t", type=float, default=0.5, help="SDEdit start step as a fraction of the schedule")
+    p.add_argument("--teacher_2d", default="runs/rdmd_2d_teacher")
+    p.add_argument("--teacher_digits", default="runs/dsm_digits16")
+    p.add_argument("--workdir", default="runs/bench_rdmd")
+    p.add_argument("--out", default="benchmarks/results/rdmd.json")
+    args = p.parse_args()
+    results = {}
+    steps = args.steps
+    if args.part in ("2d", "all"):
+        args.steps = steps or 3000
+        results["2d"] = part_2d(args)
+    if args.part in ("digits", "all"):
+        args.steps = steps or 600
+        results["digits"] = part_digits(args)
+    old = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({**old, **results}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
