@@ -63,10 +63,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     t.ot_shrinkage = "auto"  # gaussian: covariance shrinkage towards the diagonal; "auto" = Ledoit-Wolf, or a number in [0, 1]
     t.clip = 1.0  # clip x0_hat to [-1, 1] while sampling (pixels); 0 = off
     t.model_workdir = ""  # workdir of the trained dsm run; "" = the translate workdir
-    # LSB (jot.translate.lsb): conditions are the domain labels 0 -> 1
-    t.lsb_sigma = lsb.SIGMA
+    # LSB (jot.translate.lsb): conditions are the domain labels 0 -> 1. The paper's SD values
+    # (sigma 2.3, w 11) do not carry over to this model; these are the choice of the "faithful"
+    # rule of benchmarks/translate_digits.py on validation images of the training split (the "fd"
+    # rule picks sigma 4, w 3: a better target fit that loses the digit half of the time).
+    t.lsb_sigma = 1.0
     t.lsb_t0 = lsb.T0
-    t.guidance = 3.0  # the paper's 11 is for SD; see benchmarks/translate_digits.py for this model
+    t.guidance = 1.0
     t.snr_matching = True
     t.time_dependent_noise = True
     t.final_step = True
