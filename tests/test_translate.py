@@ -156,7 +156,7 @@ def test_translate_run_without_a_trained_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*checkpoints; train a dsm model first"):
         translate.run(config, str(tmp_path))
     config.translate.method = "cyclegan"
-    with pytest.raises(ValueError, match=r"translate.method='cyclegan'; expected one of \['sdedit', 'ddib', 'otald'\]"):
+    with pytest.raises(ValueError, match=r"translate.method='cyclegan'; expected one of \['lsb', 'sdedit', 'ddib', 'otald'\]"):
         translate.run(config, str(tmp_path))
     config.translate.method = "ddib"
     config.method = "otm"
