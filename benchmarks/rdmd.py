@@ -13,8 +13,9 @@ multi-step translators of the same teacher.
 ``digits``: thin -> thick with ``configs/rdmd_digits.py:cpu16`` from the dsm teacher in
 ``--teacher_digits`` (``configs/dsm_digits.py:cpu16``): RDMD at 1 NFE against DDIB and SDEdit of
 the same teacher at ``--nfe`` model calls, scored on the test split by PSNR against the thick
-twins, per-pixel transport cost, and the Frechet distance (``jot.metrics.frechet``) to the
-twins; and throughput (images/s, jitted, after one warm-up call) of each on the test split.
+twins, class accuracy (a logistic regression fit on the thick training digits), per-pixel
+transport cost, and the Frechet distance (``jot.metrics.frechet``) to the twins next to its floor
+(thick training digits vs the twins at the same size); and throughput (images/s, jitted, after one warm-up call) of each on the test split.
 Results go to ``--out`` as JSON.
 
 Measured (2 CPU cores; ``benchmarks/results/rdmd.json``). 2D, 3000 steps, the 8000-step teacher:
@@ -25,13 +26,15 @@ Measured (2 CPU cores; ``benchmarks/results/rdmd.json``). 2D, 3000 steps, the 80
     0.2       7.9   66.3     66.6      (stays near the identity)
     1         0.18 108.6    108.6
 
-Digits (16x16, 361 test images, RDMD 300 steps from the 800-step cpu16 teacher):
+Digits (16x16, 361 test images, RDMD 300 steps at lambda 0.5 from the 800-step cpu16 teacher;
+``--steps 300``; the baselines clip x0 to [-1, 1] while sampling, DDIB ends at 0.5 S as chosen on
+validation by ``benchmarks/translate_digits.py``, SDEdit starts at 0.5 S; FD floor 0.094):
 
-    method        PSNR   cost    FD     images/s
-    source       12.58   0      4.48     -
-    rdmd 1 NFE   19.32   0.077  0.78   1630
-    ddib 8 NFE    8.88   0.245  7.41    231
-    sdedit 8 NFE 12.56   0.277  1.05    235   (start 0.5 S)
+    method        PSNR   acc    cost    FD     images/s
+    source       12.58  0.950   0      4.48     -
+    rdmd 1 NFE   19.32  0.958   0.077  0.78   1882
+    ddib 8 NFE   18.08  0.922   0.126  0.83    271
+    sdedit 8 NFE 12.60  0.274   0.277  1.03    248
 """
 import argparse
 import json
@@ -104,8 +107,18 @@ def part_digits(args) -> dict:
     _train(c, wd)
     run = train.restore(wd)
     teacher = train.restore(args.teacher_digits)
-    data = run.dataset.eval_data()
-    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    from sklearn.linear_model import LogisticRegression
+
+    from jot.data import digits
+
+    d = teacher.config.data
+    sp = digits.split(d.size, d.thickness, d.split_seed)
+    x, y, labels = sp.test_x, sp.test_y, sp.test_labels
+    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
+    clf = LogisticRegression(max_iter=2000).fit(flat(sp.target_train), sp.target_labels)
+    pick = np.random.default_rng(0)
+    floors = [frechet.frechet_distance(sp.target_train[pick.choice(len(sp.target_train), len(y), replace=False)], y)
+              for _ in range(5)]
     sched = dsm.schedule(teacher.config)
     e0 = dsm.eps_model(teacher.config, teacher.state, label=0)
     e1 = dsm.eps_model(teacher.config, teacher.state, label=1)
@@ -120,16 +133,21 @@ def part_digits(args) -> dict:
             clip=1.0)),
     }
     rows = [{"method": "source (identity)", "psnr": float(image.psnr(x, y).mean()), "cost": 0.0,
-             "frechet": frechet.frechet_distance(x, y), "images_per_s": None}]
+             "accuracy": float(clf.score(flat(x), labels)), "frechet": frechet.frechet_distance(x, y),
+             "images_per_s": None}]
     for name, fn in fns.items():
         out = np.clip(np.asarray(fn(x)), -1, 1)
         rows.append({"method": name, "psnr": float(image.psnr(out, y).mean()), "cost": float(np.mean((out - x) ** 2)),
-                     "frechet": frechet.frechet_distance(out, y), "images_per_s": _rate(fn, x)})
+                     "accuracy": float(clf.score(flat(out), labels)), "frechet": frechet.frechet_distance(out, y),
+                     "images_per_s": _rate(fn, x)})
+    floor = float(np.mean(floors))
     for r in rows:
         rate = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
-        print(f"{r['method']:<18} PSNR {r['psnr']:6.2f}  cost {r['cost']:.4f}  FD {r['frechet']:.4f}  images/s {rate}",
-              flush=True)
-    return {"rows": rows, "steps": args.steps, "nfe": args.nfe, "n_test": len(x), "teacher": args.teacher_digits}
+        print(f"{r['method']:<18} PSNR {r['psnr']:6.2f}  acc {r['accuracy']:.3f}  cost {r['cost']:.4f}  "
+              f"FD {r['frechet']:.4f} (floor {floor:.4f})  images/s {rate}", flush=True)
+    return {"rows": rows, "frechet_floor": floor, "frechet_floors": floors, "steps": args.steps, "nfe": args.nfe,
+            "n_test": len(x), "teacher": args.teacher_digits,
+            "floor": "mean FD of 5 random sets of thick training images, as many as the test twins, to the twins"}
 
 
 def main():
