@@ -26,15 +26,20 @@ Measured (2 CPU cores; ``benchmarks/results/rdmd.json``). 2D, 3000 steps, the 80
     0.2       7.9   66.3     66.6      (stays near the identity)
     1         0.18 108.6    108.6
 
-Digits (16x16, 361 test images, RDMD 300 steps at lambda 0.5 from the 800-step cpu16 teacher;
+Digits (16x16, 361 test images, RDMD 300 steps per lambda from the 800-step cpu16 teacher;
 ``--steps 300``; the baselines clip x0 to [-1, 1] while sampling, DDIB ends at 0.5 S as chosen on
 validation by ``benchmarks/translate_digits.py``, SDEdit starts at 0.5 S; FD floor 0.094):
 
-    method        PSNR   acc    cost    FD     images/s
-    source       12.58  0.950   0      4.48     -
-    rdmd 1 NFE   19.32  0.958   0.077  0.78   1882
-    ddib 8 NFE   18.08  0.922   0.126  0.83    271
-    sdedit 8 NFE 12.60  0.274   0.277  1.03    248
+    method            PSNR   acc    cost    FD     images/s
+    source           12.58  0.950   0      4.48     -
+    rdmd lam 0       24.69  0.953   0.238  0.109  2505
+    rdmd lam 0.1     24.95  0.958   0.179  0.114  2625
+    rdmd lam 0.5     19.32  0.958   0.077  0.779  2639
+    rdmd lam 2       14.81  0.961   0.014  2.508  2615
+    ddib 8 NFE       18.08  0.922   0.126  0.833   358
+    sdedit 8 NFE     12.60  0.274   0.277  1.027   384
+
+The cost falls and the FD rises monotonically with lambda; PSNR peaks at 0.1.
 """
 import argparse
 import json
@@ -99,18 +104,11 @@ def part_digits(args) -> dict:
     from jot.metrics import frechet, image
     from jot.translate import ddib, sdedit
 
-    c = rdmd_digits.get_config("cpu16")
-    c.teacher.workdir = args.teacher_digits
-    c.train.steps = args.steps
-    c.train.progress = False
-    wd = os.path.join(args.workdir, "digits")
-    _train(c, wd)
-    run = train.restore(wd)
-    teacher = train.restore(args.teacher_digits)
     from sklearn.linear_model import LogisticRegression
 
     from jot.data import digits
 
+    teacher = train.restore(args.teacher_digits)
     d = teacher.config.data
     sp = digits.split(d.size, d.thickness, d.split_seed)
     x, y, labels = sp.test_x, sp.test_y, sp.test_labels
@@ -119,19 +117,30 @@ def part_digits(args) -> dict:
     pick = np.random.default_rng(0)
     floors = [frechet.frechet_distance(sp.target_train[pick.choice(len(sp.target_train), len(y), replace=False)], y)
               for _ in range(5)]
+    runs = {}
+    for lam in [float(v) for v in args.digit_lams.split(",")]:
+        c = rdmd_digits.get_config("cpu16")
+        c.teacher.workdir = args.teacher_digits
+        c.train.steps = args.steps
+        c.train.progress = False
+        c.loss.lam = lam
+        wd = os.path.join(args.workdir, f"digits_lam{lam:g}")
+        _train(c, wd)
+        runs[lam] = train.restore(wd)
     sched = dsm.schedule(teacher.config)
     e0 = dsm.eps_model(teacher.config, teacher.state, label=0)
     e1 = dsm.eps_model(teacher.config, teacher.state, label=1)
     top = float(sched.num_steps - 1)
-    fns = {
-        "rdmd (1 NFE)": jax.jit(lambda u: rdmd.transport(run.config, run.state, u)),
+    fns = {f"rdmd lam={lam:g} (1 NFE)": jax.jit(lambda u, run=run: rdmd.transport(run.config, run.state, u))
+           for lam, run in runs.items()}
+    fns.update({
         f"ddib ({args.nfe} NFE)": jax.jit(lambda u: ddib.translate(
             u, None, nfe=args.nfe, schedule=sched, eps_source=e0, eps_target=e1,
             end_step=float(round(args.ddib_end * top)), clip=1.0)),
         f"sdedit ({args.nfe} NFE)": jax.jit(lambda u: sdedit.translate(
             u, jax.random.PRNGKey(0), nfe=args.nfe, schedule=sched, eps_target=e1, start_step=args.sdedit_t * top,
             clip=1.0)),
-    }
+    })
     rows = [{"method": "source (identity)", "psnr": float(image.psnr(x, y).mean()), "cost": 0.0,
              "accuracy": float(clf.score(flat(x), labels)), "frechet": frechet.frechet_distance(x, y),
              "images_per_s": None}]
@@ -156,6 +165,8 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="RDMD steps (default: 3000 for 2d, 600 for digits)")
     p.add_argument("--lams", default="0,0.05,0.2,1")
     p.add_argument("--nfe", type=int, default=8)
+    p.add_argument("--digit_lams", default="0,0.1,0.5,2",
+                   help="digits: lambda values (per-pixel mean cost, so not on the 2D scale)")
     p.add_argument("--sdedit_t", type=float, default=0.5, help="SDEdit start step as a fraction of the schedule")
     p.add_argument("--ddib_end", type=float, default=0.5,
                    help="DDIB end step as a fraction of the schedule (0.5: the validation choice of "
