@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx, struct
-from flax.core import FrozenDict
 
 from jot.diffusion import schedules
 from jot.errors import UserError
@@ -86,16 +85,11 @@ class Teacher:
 
 
 @struct.dataclass
-class State:
-    """``params``/``opt_state``: ``"G"`` (the generator's ``eps_G``) and ``"fake"``; ``ema``:
-    ``{"G": ...}`` when ``train.ema > 0``; ``pretrained``: the ``Teacher`` (None in checkpoints)."""
+class State(_common.State):
+    """``_common.State`` with ``params``/``opt_state``: ``"G"`` (the generator's ``eps_G``) and
+    ``"fake"``; ``ema``: ``{"G": ...}`` when ``train.ema > 0``; and ``pretrained``: the ``Teacher``
+    (None in checkpoints)."""
 
-    step: jax.Array
-    rng: jax.Array
-    params: dict
-    opt_state: dict
-    ema: dict
-    graphdefs: FrozenDict = struct.field(pytree_node=False)
     pretrained: Any = None
 
 
