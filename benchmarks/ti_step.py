@@ -3,8 +3,11 @@
     python benchmarks/ti_step.py                                   # batch 1, latent 32x32
     python benchmarks/ti_step.py --batch 1 --sizes 32 --repeats 3 --out /tmp/ti_step.json
     python benchmarks/ti_step.py --small                           # tiny UNet and CLIP, a quick check
+    # CUDA GPU (H100): bf16, batch 8 at 512x512; jot with cuDNN attention
+    python benchmarks/ti_step.py --dtype bf16 --batch 8 --sizes 64 --repeats 20 --attention cudnn
 
-One step, identical on both sides (fp32, the same random weights and inputs):
+One step, identical on both sides (``--dtype``: fp32 or bf16 weights and compute; the same
+random weights and inputs):
 
 - frozen CLIP text encoder (SD 1.5 text config: hidden 768, 12 layers, 12 heads,
   vocab 49408, 77 positions) and frozen UNet (SD 1.5 config, as in ``sd_unet.py``),
@@ -15,12 +18,14 @@ One step, identical on both sides (fp32, the same random weights and inputs):
 - latents x0 [B, 4, h, w], noise and integer timesteps in [0, 1000) (fixed, from numpy);
   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise with SD's scaled-linear schedule
   (betas 0.00085..0.012), gathered inside the step;
-- loss = MSE(UNet(x_t, t, text_encoder(ids)), noise); gradient w.r.t. E only; AdamW update
-  of E (lr 1e-4, weight decay 1e-2, betas 0.9/0.999, eps 1e-8).
+- loss = MSE(UNet(x_t, t, text_encoder(ids)), noise) (in float32 on the network's output);
+  gradient w.r.t. E only; AdamW update of E (lr 1e-4, weight decay 1e-2, betas 0.9/0.999,
+  eps 1e-8). E and its optimizer state stay float32 under bf16 (cast where it is spliced in).
 
 jot: ``CLIPTextModel(ids, extra_embeddings=E)``; the whole step (text encoder, noising,
 UNet, backward, ``optax.adamw``) is one ``jax.jit`` with E and the optimizer state donated;
-NHWC latents. The first call (compile + run) is reported as compile time.
+NHWC latents; attention kernel ``--attention`` (see ``sd_unet.py``; "auto": cuDNN on a CUDA
+GPU for bf16). The first call (compile + run) is reported as compile time.
 
 torch: eager, eval mode (dropout off), every weight ``requires_grad=False``. The token
 table is grown by one row (``resize_token_embeddings(V + 1)``) so the placeholder id is
@@ -31,12 +36,15 @@ instead trains the whole table and restores the other rows after each step, whic
 dense [V + 1, 768] gradient, AdamW over the whole table and the restore; not timed here.)
 NCHW latents.
 
-Each framework runs in its own subprocess pinned to the same cores with the same thread
-count (helpers from ``sd_unet.py``). Per step one warm-up step (jot: compile), then
-``--repeats`` timed steps; all steps use the same inputs. Reported per latent size: median
+Each framework runs in its own subprocess (helpers from ``sd_unet.py``): on CPU pinned to
+the same cores with the same thread count; on CUDA (``--device``, default cuda when torch
+sees a GPU) torch on ``cuda`` with ``torch.cuda.synchronize()`` closing every step, jot on
+JAX's GPU, and memory is peak device memory instead of RSS. Per size one warm-up step (jot:
+compile), then ``--repeats`` timed steps; all steps use the same inputs. Reported per latent size: median
 step time per framework, ``ratio = torch / jot`` (> 1: jot is faster), jot compile time,
-peak RSS per process, and the first step's loss on both sides with their difference (and
-the max abs difference of E after the first update) as a check that both compute the same step.
+peak RSS (CPU) or peak device memory (CUDA) per process, and the first step's loss on both
+sides with their difference (and the max abs difference of E after the first update) as a
+check that both compute the same step.
 Results go to ``--out`` as JSON.
 
 On a shared or loaded machine, set ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP threads otherwise
@@ -60,7 +68,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd_unet import SD15_UNET, _pin, _rss_mb, _time, load_jot, run_role  # noqa: E402
+from sd_unet import (  # noqa: E402
+    SD15_UNET,
+    _pin,
+    _time,
+    _torch_memory,
+    check_jax_device,
+    jax_memory,
+    load_jot,
+    run_role,
+)
 
 SD15_TEXT = dict(
     vocab_size=49408,
@@ -143,28 +160,49 @@ def prepare(workdir: Path, sizes: list[int], batch: int, small: bool) -> None:
         )
 
 
-def run_torch(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict:
-    cores = _pin(threads)
+def run_torch(
+    workdir: Path, sizes: list[int], threads: int, repeats: int, *, device: str = "cpu", dtype: str = "fp32"
+) -> dict:
+    cores = _pin(threads) if device == "cpu" else None
     import numpy as np
     import torch
     import torch.nn.functional as F
     import transformers
     from diffusers import UNet2DConditionModel
 
-    torch.set_num_threads(threads)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    elif not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA GPU; use --device cpu.")
+    dev = torch.device(device)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     start = time.perf_counter()
-    unet = UNet2DConditionModel.from_pretrained(workdir / "unet").eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(workdir / "unet", torch_dtype=torch_dtype)
+    unet = unet.to(dev).eval().requires_grad_(False)
     text = transformers.CLIPTextModel.from_pretrained(workdir / "text_encoder").eval()
     placeholder = text.config.vocab_size
     text.resize_token_embeddings(placeholder + 1, mean_resizing=False)
-    text.requires_grad_(False)
-    result = {"threads": torch.get_num_threads(), "cores": cores, "load_s": time.perf_counter() - start}
-    result["after_load"] = _rss_mb()
+    text = text.to(dev, torch_dtype).requires_grad_(False)
+    sync()
+    result = {
+        "threads": torch.get_num_threads(),
+        "cores": cores,
+        "device": str(torch.cuda.get_device_name()) if device == "cuda" else "cpu",
+        "load_s": time.perf_counter() - start,
+    }
+    result["after_load"] = _torch_memory(device)
     for size in sizes:
         inputs = np.load(workdir / f"inputs_{size}.npz")
-        x0, noise, ids, acp = (torch.from_numpy(inputs[k]) for k in ("latents", "noise", "ids", "alphas_cumprod"))
-        t = torch.from_numpy(inputs["timesteps"])
-        E = torch.nn.Parameter(torch.from_numpy(inputs["embedding"].copy()))
+        x0, noise, ids, acp = (
+            torch.from_numpy(inputs[k]).to(dev) for k in ("latents", "noise", "ids", "alphas_cumprod")
+        )
+        t = torch.from_numpy(inputs["timesteps"]).to(dev)
+        E = torch.nn.Parameter(torch.from_numpy(inputs["embedding"].copy()).to(dev))  # float32
         optimizer = torch.optim.AdamW([E], lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
         is_placeholder = (ids == placeholder)[..., None]
 
@@ -177,17 +215,19 @@ def run_torch(workdir: Path, sizes: list[int], threads: int, repeats: int) -> di
             optimizer.zero_grad(set_to_none=True)
             context = text(ids)[0]
             a = acp[t].view(-1, 1, 1, 1)
-            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            noisy = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(torch_dtype)
             pred = unet(noisy, t, context).sample
             loss = F.mse_loss(pred.float(), noise, reduction="mean")
             loss.backward()
             optimizer.step()
+            sync()
             return loss.item()
 
+        sync()
         start = time.perf_counter()
         first_loss = step()
         first_s = time.perf_counter() - start
-        np.save(workdir / f"torch_E1_{size}.npy", E.detach().numpy().copy())
+        np.save(workdir / f"torch_E1_{size}.npy", E.detach().cpu().numpy().copy())
         times = _time(step, repeats)
         hook.remove()
         result[str(size)] = {
@@ -196,12 +236,21 @@ def run_torch(workdir: Path, sizes: list[int], threads: int, repeats: int) -> di
             "first_step_s": first_s,
             "first_loss": first_loss,
         }
-    result["final"] = _rss_mb()
+    result["final"] = _torch_memory(device)
     return result
 
 
-def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict:
-    cores = _pin(threads)
+def run_jot(
+    workdir: Path,
+    sizes: list[int],
+    threads: int,
+    repeats: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    attention: str = "auto",
+) -> dict:
+    cores = _pin(threads) if device == "cpu" else None
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -210,9 +259,12 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
 
     from jot.models.sd import CLIPTextModel, UNet2DConditionModel
 
+    check_jax_device(device)
+    jax_dtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    kw = dict(dtype=jax_dtype, param_dtype=jax_dtype)
     start = time.perf_counter()
-    unet = load_jot(workdir / "unet", UNet2DConditionModel, "diffusion_pytorch_model")
-    text = load_jot(workdir / "text_encoder", CLIPTextModel, "model")
+    unet = load_jot(workdir / "unet", UNet2DConditionModel, "diffusion_pytorch_model", attention=attention, **kw)
+    text = load_jot(workdir / "text_encoder", CLIPTextModel, "model", **kw)
     unet_graph, unet_state = nnx.split(unet)
     text_graph, text_state = nnx.split(text)
     del unet, text
@@ -235,9 +287,11 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
         "threads": threads,
         "cores": cores,
         "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "attention": attention,
         "load_s": time.perf_counter() - start,
     }
-    result["after_load"] = _rss_mb()
+    result["after_load"] = jax_memory(device)
     for size in sizes:
         inputs = np.load(workdir / f"inputs_{size}.npz")
         data = (
@@ -265,14 +319,15 @@ def run_jot(workdir: Path, sizes: list[int], threads: int, repeats: int) -> dict
             "compile_and_first_s": compile_s,
             "first_loss": first_loss,
         }
-    result["final"] = _rss_mb()
+    result["final"] = jax_memory(device)
     return result
 
 
 def _subprocess(role: str, args: argparse.Namespace, workdir: Path) -> dict:
     flags = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch),
+             "--device", args.device, "--dtype", args.dtype, "--attention", args.attention,
              "--sizes", *map(str, args.sizes), *(["--small"] if args.small else [])]
-    return run_role(__file__, role, workdir, flags)
+    return run_role(__file__, role, workdir, flags, device=args.device)
 
 
 def main() -> None:
@@ -281,7 +336,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--small", action="store_true", help="tiny UNet and CLIP text encoder (quick check)")
+    parser.add_argument("--small", "--tiny", action="store_true", help="tiny UNet and CLIP text encoder (quick check)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and compute, both sides")
+    parser.add_argument("--attention", choices=["auto", "xla", "cudnn"], default="auto", help="jot's attention kernel")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda when torch sees a CUDA GPU, else cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ti_step.json"))
     parser.add_argument("--role", choices=["prepare", "torch", "jot"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -291,12 +350,20 @@ def main() -> None:
         prepare(args.workdir, args.sizes, args.batch, args.small)
         print(json.dumps({}))
         return
-    if args.role in ("torch", "jot"):
-        run = run_torch if args.role == "torch" else run_jot
-        print(json.dumps(run(args.workdir, args.sizes, args.threads, args.repeats)))
+    if args.role == "torch":
+        print(json.dumps(run_torch(args.workdir, args.sizes, args.threads, args.repeats, device=args.device,
+                                   dtype=args.dtype)))
+        return
+    if args.role == "jot":
+        print(json.dumps(run_jot(args.workdir, args.sizes, args.threads, args.repeats, device=args.device,
+                                 dtype=args.dtype, attention=args.attention)))
         return
 
     import numpy as np
+    import torch
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     from jot.files import write_json
 
@@ -340,7 +407,9 @@ def main() -> None:
             "text_length": 77,
             "trainable": "one placeholder row [1, hidden]",
             "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999], "eps": 1e-8},
-            "dtype": "float32",
+            "dtype": args.dtype,
+            "attention": args.attention,
+            "device": args.device,
             "repeats": args.repeats,
         },
         "machine": {
@@ -349,6 +418,7 @@ def main() -> None:
             "threads": args.threads,
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
             "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")},
         },
         "torch": torch_res,
@@ -356,9 +426,10 @@ def main() -> None:
         "rows": rows,
     }
     lines = [
-        f"{'small' if args.small else 'SD 1.5'} textual-inversion step, batch {args.batch}, fp32, "
-        f"median of {args.repeats} steps after one warm-up step",
-        f"threads: torch.set_num_threads({torch_res['threads']}), both pinned to cores {torch_res['cores']}",
+        f"{'small' if args.small else 'SD 1.5'} textual-inversion step, batch {args.batch}, {args.dtype}, "
+        f"{args.device}, jot attention={args.attention}, median of {args.repeats} steps after one warm-up step",
+        f"threads: torch.set_num_threads({torch_res['threads']}), both pinned to cores {torch_res['cores']}"
+        if args.device == "cpu" else f"GPU: {torch_res['device']}",
         f"{'latent':>8} {'torch s':>9} {'jot s':>9} {'ratio':>7} {'jot compile s':>14} "
         f"{'torch loss':>11} {'jot loss':>11} {'|dloss|':>9} {'max|dE1|':>9}",
     ]
@@ -369,10 +440,13 @@ def main() -> None:
             f"{r['first_loss_abs_diff']:9.2e} {r['E_after_first_step_max_abs_diff']:9.2e}"
         )
     for name, res in (("torch", torch_res), ("jot", jot_res)):
-        lines.append(
-            f"{name:>6}: load {res['load_s']:.1f} s, RSS after load {res['after_load']['rss_mb']:.0f} MiB, "
-            f"peak RSS {res['final']['peak_rss_mb']:.0f} MiB"
-        )
+        if args.device == "cuda":
+            memory = f"peak device memory {res['final']['peak_device_mb']:.0f} MiB"
+        else:
+            memory = (
+                f"RSS after load {res['after_load']['rss_mb']:.0f} MiB, peak RSS {res['final']['peak_rss_mb']:.0f} MiB"
+            )
+        lines.append(f"{name:>6}: load {res['load_s']:.1f} s, {memory}")
     lines.append(
         f"load average at start {tuple(round(x, 2) for x in load_at_start)}, "
         f"at end {tuple(round(x, 2) for x in os.getloadavg())}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"

@@ -250,3 +250,20 @@ def test_unet_chunked_attention_equals_unchunked(tiny):
     assert scale > 0.1
     assert err <= 1e-5 * max(1.0, scale)
     np.testing.assert_allclose(outs[None], tiny["out"], rtol=0, atol=1e-6)  # None is the old one-shot path
+
+
+def test_unet_cudnn_attention_path_matches_diffusers(tiny, monkeypatch):
+    """attention="cudnn" (its padded computation, run with XLA on CPU: 7 text tokens padded to 64
+    and masked) keeps parity with diffusers and equals the default attention."""
+    from test_attention import cudnn_on_cpu
+
+    calls = cudnn_on_cpu(monkeypatch)
+    tensors = read_weights(tiny["folder"], "diffusion_pytorch_model")
+    model = load_module(
+        lambda: UNet2DConditionModel(tiny["cfg"], attention="cudnn", rngs=nnx.Rngs(0)), tensors, source="t"
+    )
+    fn, state = _jit_apply(model)
+    got = np.asarray(fn(state, tiny["x"], tiny["t"], tiny["ctx"]))
+    assert (64, 7) in calls  # cross-attention over the 7 text tokens took the padded path
+    np.testing.assert_allclose(got, tiny["out"], rtol=0, atol=1e-5 * max(1.0, float(np.abs(tiny["out"]).max())))
+    _check_parity("cudnn path 8x8", tiny["ref"], fn, state, tiny["x"], np.full((2,), tiny["t"]), tiny["ctx"])

@@ -41,7 +41,12 @@ from jot.models.sd.convert import (
     read_weights,
 )
 from jot.models.sd.clip import initial_embeddings
-from jot.models.sd.layers import AttentionChunk
+from jot.models.sd.layers import (
+    ATTENTION_IMPLEMENTATIONS,
+    AttentionChunk,
+    AttentionImplementation,
+    check_attention,
+)
 from jot.models.sd.pipeline import (
     PREDICTION_TYPES,
     SDEps,
@@ -55,6 +60,7 @@ from jot.models.sd.unet import UNet2DConditionModel, UNetConfig
 from jot.models.sd.vae import AutoencoderKL, VAEConfig
 
 __all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
     "AutoencoderKL",
     "CLIPTextConfig",
     "CLIPTextModel",
@@ -117,6 +123,7 @@ def load(
     mesh: Mesh | None = None,
     remat: bool = False,
     attention_chunk: AttentionChunk = "auto",
+    attention: AttentionImplementation = "auto",
     textual_inversion: Sequence[str | Path] = (),
 ) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion 1.x/2.x folder.
@@ -134,13 +141,20 @@ def load(
         ``queries * keys`` exceeds 2**19 (SD's 64x64-latent self-attention), never on
         GPU/TPU; an int sets that score budget on any backend; None never chunks.
         Same results up to float rounding, less memory and (on CPU) faster.
+      attention: attention kernel of the UNet and VAE: "auto" (default) uses cuDNN flash
+        attention on a CUDA GPU for bfloat16/float16 models and XLA otherwise (on CPU the
+        blocked path of ``attention_chunk``); "xla" always uses XLA; "cudnn" uses cuDNN for
+        every attention whose head size it takes (SD 1.x/2.x UNet heads on H100; not the
+        VAE's 512-wide head), casting float32 projections to bfloat16, and needs a CUDA GPU.
+        See :func:`jot.models.sd.layers.resolve_attention`.
       textual_inversion: ``learned_embeds.safetensors`` files (diffusers' format) whose tokens
         are added to the tokenizer; ``encode_prompt`` then reads their rows.
     Raises:
       FileNotFoundError naming the missing file or folder and what belongs there;
-      ValueError for pickled-only, corrupt or mismatched weights, and for a scheduler config
-      with an unsupported beta schedule or prediction_type.
+      ValueError for pickled-only, corrupt or mismatched weights, for a scheduler config
+      with an unsupported beta schedule or prediction_type, and for an unknown ``attention``.
     """
+    check_attention(attention)
     root = Path(path)
     _read_json(root / "model_index.json", "model_index.json of a diffusers pipeline")
     param_dtype = dtype if param_dtype is None else param_dtype
@@ -152,9 +166,11 @@ def load(
     }
     builders = {
         "unet": lambda c: UNet2DConditionModel(
-            c, remat=remat, attention_chunk=attention_chunk, rngs=nnx.Rngs(0), **kw
+            c, remat=remat, attention_chunk=attention_chunk, attention=attention, rngs=nnx.Rngs(0), **kw
         ),
-        "vae": lambda c: AutoencoderKL(c, attention_chunk=attention_chunk, rngs=nnx.Rngs(0), **kw),
+        "vae": lambda c: AutoencoderKL(
+            c, attention_chunk=attention_chunk, attention=attention, rngs=nnx.Rngs(0), **kw
+        ),
         "text_encoder": lambda c: CLIPTextModel(c, rngs=nnx.Rngs(0), **kw),
     }
     # Check every folder, config and file first, so a broken download fails before minutes of loading.

@@ -5,13 +5,19 @@ Attribute names follow the diffusers PyTorch modules (``norm1``, ``conv1``,
 PyTorch state dict onto these modules with a short rule table.
 
 Every module takes ``dtype`` (the compute dtype) and ``param_dtype`` (the dtype
-the parameters are stored in); normalisation statistics are computed in float32
-by Flax whatever the compute dtype.
+the parameters are stored in). Dtype policy: normalisation statistics and the
+attention softmax run in float32 whatever the compute dtype; everything else
+(convolutions, projections, the outputs of norms and attention) is in ``dtype``.
+
+Attention runs on one of two kernels, chosen per call by ``attention`` (see
+:func:`resolve_attention`): XLA's ``jax.nn.dot_product_attention`` (or, on CPU, the
+blocked form of it that ``attention_chunk`` controls), or cuDNN's fused flash
+attention on CUDA GPUs (:func:`padded_dot_product_attention`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +25,53 @@ from flax import nnx
 from jax.typing import DTypeLike as DType
 
 
+class GroupNorm(nnx.GroupNorm):
+    """``nnx.GroupNorm`` over the last (channel) axis with an optional fused SiLU.
+
+    The parameters (``scale``, ``bias``) and the statistics are those of
+    ``nnx.GroupNorm(use_fast_variance=False)``: per sample and group, mean and
+    variance in float32 (two passes). The normalisation, affine map and SiLU
+    (``silu=True``, diffusers' ``GroupNorm -> SiLU`` pairs) are one elementwise
+    expression in float32 on top of them, cast once to the compute dtype, so XLA
+    emits the reductions plus a single elementwise fusion and the activation is
+    written once (in the compute dtype) instead of once per op.
+    """
+
+    def __call__(self, x: jax.Array, *, silu: bool = False) -> jax.Array:  # type: ignore[override]
+        n, c, groups = x.shape[0], x.shape[-1], self.num_groups
+        xg = x.reshape(n, -1, groups, c // groups).astype(jnp.float32)
+        mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
+        mul = jax.lax.rsqrt(var + jnp.float32(self.epsilon))
+        if self.scale is not None:
+            mul = mul * self.scale[...].astype(jnp.float32).reshape(1, 1, groups, c // groups)
+        # Per-channel statistics broadcast over the input's own layout: the elementwise
+        # pass then runs over the contiguous channel axis (a [.., groups, c // groups]
+        # view has a short minor axis that vectorises worse on CPU).
+        per_channel = (n,) + (1,) * (x.ndim - 2) + (c,)
+        mean = jnp.broadcast_to(mean, (n, 1, groups, c // groups)).reshape(per_channel)
+        y = (x.astype(jnp.float32) - mean) * mul.reshape(per_channel)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        if silu:
+            y = jax.nn.silu(y)
+        out_dtype = self.dtype if self.dtype is not None else x.dtype
+        return y.astype(out_dtype)
+
+
 def group_norm(
     channels: int, groups: int, eps: float, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs
-) -> nnx.GroupNorm:
-    """``torch.nn.GroupNorm(groups, channels, eps)`` over the last (channel) axis."""
+) -> GroupNorm:
+    """``torch.nn.GroupNorm(groups, channels, eps)`` over the last (channel) axis.
+
+    Call the result with ``silu=True`` for ``SiLU(GroupNorm(x))`` in one fusion (:class:`GroupNorm`).
+    """
     if channels % groups:
         raise ValueError(
             f"GroupNorm needs channels divisible by groups, got channels={channels}, groups={groups}; "
             "choose block_out_channels that are multiples of norm_num_groups."
         )
-    return nnx.GroupNorm(
+    return GroupNorm(
         channels,
         num_groups=groups,
         epsilon=eps,
@@ -106,6 +149,135 @@ def _resolve_chunk(chunk: AttentionChunk) -> int | None:
     return chunk
 
 
+# ``attention=`` of Attention, the UNet, the VAE and ``jot.models.sd.load``.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+AttentionImplementation = Literal["auto", "xla", "cudnn"]
+
+# cuDNN flash attention: query and key sequences are padded up to a multiple of this
+# (padded keys masked out, padded query rows dropped). cuDNN's backward rejects some
+# short odd lengths such as SD's 77 text tokens; 77 -> 128 keys, and every self-attention
+# length of SD at latents that are multiples of 8 (4096, 1024, 256, 64) is already one.
+CUDNN_SEQ_MULTIPLE = 64
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# What ``attention="cudnn"`` runs float32 projections in (cuDNN takes bf16/fp16 only).
+_CUDNN_FP32_CAST = jnp.bfloat16
+# The ``implementation`` the cuDNN path passes to jax.nn.dot_product_attention; tests set
+# it to "xla" to run the padded computation on CPU.
+_CUDNN_KERNEL = "cudnn"
+
+
+def check_attention(attention: Any) -> str:
+    """Return ``attention`` if it names an attention implementation, else raise ``ValueError``."""
+    if not isinstance(attention, str) or attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention={attention!r} is not an attention implementation; use one of "
+            f"{', '.join(map(repr, ATTENTION_IMPLEMENTATIONS))}: 'auto' (cuDNN flash attention on a CUDA GPU "
+            "where dtype and head size allow, XLA elsewhere), 'xla', or 'cudnn' (CUDA GPUs only)."
+        )
+    return attention
+
+
+def _cuda_capability() -> tuple[int, int] | None:
+    """(major, minor) compute capability of JAX's default device if it is a CUDA GPU, else None."""
+    if jax.default_backend() != "gpu":
+        return None
+    device = jax.local_devices()[0]
+    try:
+        platform_version = str(device.client.platform_version).lower()
+    except AttributeError:
+        platform_version = ""
+    if "cuda" not in platform_version:
+        return None  # ROCm
+    try:
+        major, minor = (int(part) for part in str(device.compute_capability).split(".")[:2])
+    except (AttributeError, ValueError):
+        return None
+    return major, minor
+
+
+def cudnn_max_head_dim(capability: tuple[int, int]) -> int:
+    """Largest head size cuDNN flash attention takes (bf16/fp16): 256 on Hopper (sm_90) and later, else 128."""
+    return 256 if capability >= (9, 0) else 128
+
+
+def resolve_attention(attention: str, *, dtype: DType, head_dim: int) -> Literal["xla", "cudnn"]:
+    """The kernel that ``attention`` selects for projections of ``dtype`` with heads of ``head_dim``.
+
+    * ``"xla"``: always XLA (``jax.nn.dot_product_attention(implementation=None)``, or the
+      blocked CPU form when ``attention_chunk`` asks for it).
+    * ``"cudnn"``: cuDNN flash attention whenever cuDNN takes the head size (a multiple of
+      8, at most :func:`cudnn_max_head_dim`: 256 on H100, 128 before Hopper); other heads
+      (the SD VAE's single 512-wide head) fall back to XLA. float32 projections are cast to
+      bfloat16 around the kernel (cuDNN has no float32 path; its logits and softmax are
+      float32). Raises ``ValueError`` when JAX's default backend is not a CUDA GPU.
+    * ``"auto"``: cuDNN on a CUDA GPU when the projections are bfloat16/float16 and the head
+      size is accepted, XLA otherwise (float32 models keep float32 attention; CPU keeps the
+      blocked path).
+
+    Resolved while tracing, from JAX's default backend.
+    """
+    check_attention(attention)
+    if attention == "xla":
+        return "xla"
+    capability = _cuda_capability()
+    if capability is None:
+        if attention == "cudnn":
+            raise ValueError(
+                f"attention='cudnn' needs a CUDA GPU, but JAX's default backend is {jax.default_backend()!r}; "
+                "use attention='auto' (cuDNN on CUDA GPUs, XLA elsewhere) or attention='xla'."
+            )
+        return "xla"
+    head_ok = head_dim % 8 == 0 and head_dim <= cudnn_max_head_dim(capability)
+    if attention == "cudnn":
+        return "cudnn" if head_ok else "xla"
+    return "cudnn" if head_ok and jnp.dtype(dtype) in _CUDNN_DTYPES else "xla"
+
+
+def padded_dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    multiple: int = CUDNN_SEQ_MULTIPLE,
+    implementation: Literal["xla", "cudnn"] | None = "cudnn",
+) -> jax.Array:
+    """``jax.nn.dot_product_attention`` with both sequences padded up to a multiple of ``multiple``.
+
+    ``q`` [N, Lq, H, D], ``k``/``v`` [N, Lk, H, D] (BTNH, the layout cuDNN takes without a
+    transpose); ``mask`` as in :func:`multi_head_attention`. Padded keys get zero weight
+    (``key_value_seq_lengths``, or False in the padded ``mask`` when one is given) and padded
+    query rows are sliced off, so the result equals unpadded attention up to float rounding
+    (the padding adds exact zeros), and so do the gradients w.r.t. ``q``, ``k`` and ``v``
+    (the padding's cotangent is dropped). Sequences already at a multiple are not touched.
+    ``implementation`` is passed through: "cudnn" on GPU, "xla" runs the same padded
+    computation anywhere (how the padding is tested on CPU).
+    """
+    n, lq = q.shape[:2]
+    lk = k.shape[1]
+    pad_q, pad_k = -lq % multiple, -lk % multiple
+
+    def pad_seq(x: jax.Array, pad: int) -> jax.Array:
+        return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
+
+    q, k, v = pad_seq(q, pad_q), pad_seq(k, pad_k), pad_seq(v, pad_k)
+    lengths: dict[str, jax.Array] = {}
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        if pad_q and mask.shape[2] != 1:
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, 0)), constant_values=True)
+        if pad_k:
+            mask = jnp.broadcast_to(mask, mask.shape[:3] + (lk,))
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_k)), constant_values=False)
+    elif pad_q or pad_k:
+        lengths = dict(
+            query_seq_lengths=jnp.full((n,), lq, jnp.int32), key_value_seq_lengths=jnp.full((n,), lk, jnp.int32)
+        )
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation, **lengths)
+    return out[:, :lq] if pad_q else out
+
+
 def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, rows: int) -> jax.Array:
     """``jax.nn.dot_product_attention`` one batch element and head at a time, ``rows`` queries at a time.
 
@@ -174,20 +346,26 @@ def multi_head_attention(
     upcast: bool = False,
     mask: jax.Array | None = None,
     chunk: AttentionChunk = None,
+    attention: AttentionImplementation = "xla",
 ) -> jax.Array:
     """Scaled dot-product attention of ``[N, L, heads * d]`` projections.
 
-    Uses ``jax.nn.dot_product_attention`` (scale ``d ** -0.5``). With ``upcast``
-    the scores, softmax and weighted sum run in float32 and the result is cast
-    back to the input dtype (diffusers' ``upcast_attention`` / ``upcast_softmax``).
-    ``mask`` is a boolean array broadcastable to ``[N, heads, Lq, Lk]``, True = attend.
+    Scale ``d ** -0.5``. ``mask`` is a boolean array broadcastable to
+    ``[N, heads, Lq, Lk]``, True = attend. ``attention`` picks the kernel
+    (:func:`resolve_attention`):
 
-    ``chunk`` bounds memory for long sequences: when ``Lq * Lk`` exceeds it, attention
-    runs one batch element and head at a time over blocks of about ``chunk // Lk``
-    query rows (``jax.lax.map``; all keys per block, so each row's softmax is exact and
-    the result equals the one-shot computation up to float rounding). None never
-    chunks; "auto" uses :data:`DEFAULT_ATTENTION_CHUNK` on CPU and never chunks on
-    other backends.
+    * XLA: ``jax.nn.dot_product_attention``. With ``upcast`` the scores, softmax and
+      weighted sum run in float32 and the result is cast back to the input dtype
+      (diffusers' ``upcast_attention`` / ``upcast_softmax``). ``chunk`` bounds memory
+      for long sequences: when ``Lq * Lk`` exceeds it, attention runs one batch element
+      and head at a time over blocks of about ``chunk // Lk`` query rows
+      (``jax.lax.map``; all keys per block, so each row's softmax is exact and the result
+      equals the one-shot computation up to float rounding). None never chunks; "auto"
+      uses :data:`DEFAULT_ATTENTION_CHUNK` on CPU and never chunks on other backends.
+    * cuDNN: :func:`padded_dot_product_attention` in the projections' dtype (float32 cast
+      to bfloat16). cuDNN's logits and softmax are float32, which is what ``upcast`` asks
+      for, so ``upcast`` does not cast its inputs; ``chunk`` does not apply (flash
+      attention never materialises the scores).
     """
     n, lq, width = q.shape
     lk = k.shape[1]
@@ -196,6 +374,11 @@ def multi_head_attention(
     q = q.reshape(n, lq, heads, head_dim)
     k = k.reshape(n, lk, heads, head_dim)
     v = v.reshape(n, lk, heads, head_dim)
+    if resolve_attention(attention, dtype=q.dtype, head_dim=head_dim) == "cudnn":
+        kernel_dtype = q.dtype if jnp.dtype(q.dtype) in _CUDNN_DTYPES else _CUDNN_FP32_CAST
+        q, k, v = (a.astype(kernel_dtype) for a in (q, k, v))
+        out = padded_dot_product_attention(q, k, v, mask=mask, implementation=_CUDNN_KERNEL)
+        return out.reshape(n, lq, width).astype(out_dtype)
     if upcast:
         q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
     budget = _resolve_chunk(chunk)
@@ -210,8 +393,10 @@ class Attention(nnx.Module):
     """diffusers ``Attention``: ``to_q``/``to_k``/``to_v`` projections, attention, ``to_out``.
 
     Self-attention when ``context`` is None in the call, cross-attention otherwise.
-    ``attention_chunk`` is the ``chunk`` of :func:`multi_head_attention` (score
-    budget per batch element and head above which queries go in blocks).
+    ``attention`` picks the kernel ("auto", "xla" or "cudnn", see
+    :func:`resolve_attention`); ``attention_chunk`` is the ``chunk`` of
+    :func:`multi_head_attention` (score budget per batch element and head above which
+    queries go in blocks on the XLA path).
     """
 
     def __init__(
@@ -224,17 +409,20 @@ class Attention(nnx.Module):
         qkv_bias: bool = False,
         upcast: bool = False,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DType,
         param_dtype: DType,
         rngs: nnx.Rngs,
     ) -> None:
         _resolve_chunk(attention_chunk)  # validate early
+        check_attention(attention)
         inner = heads * head_dim
         kv_dim = query_dim if context_dim is None else context_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
         self.upcast = upcast
         self.attention_chunk = attention_chunk
+        self.attention = attention
         self.to_q = linear(query_dim, inner, use_bias=qkv_bias, **kw)
         self.to_k = linear(kv_dim, inner, use_bias=qkv_bias, **kw)
         self.to_v = linear(kv_dim, inner, use_bias=qkv_bias, **kw)
@@ -250,6 +438,7 @@ class Attention(nnx.Module):
             heads=self.heads,
             upcast=self.upcast,
             chunk=self.attention_chunk,
+            attention=self.attention,
         )
         return self.to_out(out)
 
@@ -259,7 +448,7 @@ class ResnetBlock2D(nnx.Module):
 
     ``GN -> SiLU -> conv3x3 (+ Linear(SiLU(temb))) -> GN -> SiLU -> conv3x3``, plus a
     1x1 ``conv_shortcut`` when the channel count changes, divided by
-    ``output_scale_factor``.
+    ``output_scale_factor``. Each ``GN -> SiLU`` is one fused :class:`GroupNorm` call.
     """
 
     def __init__(
@@ -286,10 +475,10 @@ class ResnetBlock2D(nnx.Module):
 
     def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
         """``x``: [N, H, W, C_in]; ``temb``: [N, temb_channels] (required iff built with one)."""
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        h = self.conv2(self.norm2(h, silu=True))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = x + h

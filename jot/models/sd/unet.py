@@ -25,9 +25,11 @@ from jax.typing import DTypeLike
 from jot.models.sd.layers import (
     Attention,
     AttentionChunk,
+    AttentionImplementation,
     Downsample2D,
     ResnetBlock2D,
     Upsample2D,
+    check_attention,
     conv,
     group_norm,
     linear,
@@ -235,6 +237,7 @@ class BasicTransformerBlock(nnx.Module):
         context_dim: int,
         upcast: bool,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -242,7 +245,8 @@ class BasicTransformerBlock(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         ln = dict(epsilon=1e-5, use_fast_variance=False, **kw)
         self.norm1 = nnx.LayerNorm(dim, **ln)
-        att = dict(heads=heads, head_dim=dim // heads, upcast=upcast, attention_chunk=attention_chunk, **kw)
+        att = dict(heads=heads, head_dim=dim // heads, upcast=upcast, **kw)
+        att.update(attention_chunk=attention_chunk, attention=attention)
         self.attn1 = Attention(dim, **att)
         self.norm2 = nnx.LayerNorm(dim, **ln)
         self.attn2 = Attention(dim, context_dim=context_dim, **att)
@@ -269,6 +273,7 @@ class Transformer2DModel(nnx.Module):
         use_linear_projection: bool,
         upcast: bool,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -283,7 +288,13 @@ class Transformer2DModel(nnx.Module):
             self.proj_out = conv(channels, channels, 1, **kw)
         self.transformer_blocks = nnx.List(
             BasicTransformerBlock(
-                channels, heads=heads, context_dim=context_dim, upcast=upcast, attention_chunk=attention_chunk, **kw
+                channels,
+                heads=heads,
+                context_dim=context_dim,
+                upcast=upcast,
+                attention_chunk=attention_chunk,
+                attention=attention,
+                **kw,
             )
             for _ in range(num_layers)
         )
@@ -314,6 +325,7 @@ class DownBlock(nnx.Module):
         temb_channels: int,
         add_downsample: bool,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -332,7 +344,7 @@ class DownBlock(nnx.Module):
             for i in range(layers)
         )
         self.attentions = (
-            nnx.List(_transformer(out_channels, cfg, index, attention_chunk, **kw) for _ in range(layers))
+            nnx.List(_transformer(out_channels, cfg, index, attention_chunk, attention, **kw) for _ in range(layers))
             if cfg.down_block_types[index] == _CROSS_DOWN
             else None
         )
@@ -365,6 +377,7 @@ class UpBlock(nnx.Module):
         temb_channels: int,
         add_upsample: bool,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -383,7 +396,9 @@ class UpBlock(nnx.Module):
         )
         block_index = len(cfg.block_out_channels) - 1 - index
         self.attentions = (
-            nnx.List(_transformer(out_channels, cfg, block_index, attention_chunk, **kw) for _ in skip_channels)
+            nnx.List(
+                _transformer(out_channels, cfg, block_index, attention_chunk, attention, **kw) for _ in skip_channels
+            )
             if cfg.up_block_types[index] == _CROSS_UP
             else None
         )
@@ -409,6 +424,7 @@ class MidBlock(nnx.Module):
         cfg: UNetConfig,
         temb_channels: int,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
@@ -427,7 +443,7 @@ class MidBlock(nnx.Module):
             for _ in range(2)
         )
         last = len(cfg.block_out_channels) - 1
-        self.attentions = nnx.List([_transformer(channels, cfg, last, attention_chunk, **kw)])
+        self.attentions = nnx.List([_transformer(channels, cfg, last, attention_chunk, attention, **kw)])
 
     def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> jax.Array:
         x = self.resnets[0](x, temb)
@@ -436,7 +452,12 @@ class MidBlock(nnx.Module):
 
 
 def _transformer(
-    channels: int, cfg: UNetConfig, block: int, attention_chunk: AttentionChunk, **kw: Any
+    channels: int,
+    cfg: UNetConfig,
+    block: int,
+    attention_chunk: AttentionChunk,
+    attention: AttentionImplementation,
+    **kw: Any,
 ) -> Transformer2DModel:
     return Transformer2DModel(
         channels,
@@ -447,6 +468,7 @@ def _transformer(
         use_linear_projection=cfg.use_linear_projection,
         upcast=cfg.upcast_attention,
         attention_chunk=attention_chunk,
+        attention=attention,
         **kw,
     )
 
@@ -472,6 +494,13 @@ class UNet2DConditionModel(nnx.Module):
         blocks of ``chunk // keys`` query rows (exact softmax per row, same result up
         to float rounding). "auto" (default): 2**19 on CPU (blocks of 128 rows for
         64x64 latents, 512 for 32x32), one shot on GPU/TPU; None: never chunk.
+        Applies to the XLA kernel only.
+      attention: the attention kernel, see
+        :func:`jot.models.sd.layers.resolve_attention`. "auto" (default): cuDNN flash
+        attention on a CUDA GPU for bfloat16/float16 models (the 77-token cross-attention
+        with its keys padded to 128 and masked, so results are unchanged), XLA otherwise
+        (on CPU the blocked path above); "xla": always XLA; "cudnn": cuDNN for every
+        attention, float32 projections cast to bfloat16 around the kernel (CUDA only).
       rngs: initialisation randomness (use ``nnx.eval_shape`` to build without
         allocating, as :func:`jot.models.sd.convert.load_module` does).
     """
@@ -484,14 +513,16 @@ class UNet2DConditionModel(nnx.Module):
         param_dtype: DTypeLike = jnp.float32,
         remat: bool = False,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         rngs: nnx.Rngs,
     ) -> None:
+        check_attention(attention)
         cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_diffusers(config)
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        blocks_kw = dict(attention_chunk=attention_chunk, **kw)
+        blocks_kw = dict(attention_chunk=attention_chunk, attention=attention, **kw)
         channels = cfg.block_out_channels
         n = len(channels)
         temb_dim = 4 * channels[0]
@@ -591,5 +622,5 @@ class UNet2DConditionModel(nnx.Module):
             count = len(block.resnets)
             x = call(block, x, tuple(skips[-count:]), temb, context)
             skips = skips[:-count]
-        x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        x = self.conv_out(self.conv_norm_out(x, silu=True))
         return x

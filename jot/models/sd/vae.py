@@ -28,10 +28,12 @@ from jax.typing import DTypeLike
 from jot.models.sd.layers import (
     Attention,
     AttentionChunk,
+    AttentionImplementation,
     Downsample2D,
     ResnetBlock2D,
     Upsample2D,
     _resolve_chunk,
+    check_attention,
     conv,
     group_norm,
 )
@@ -229,7 +231,7 @@ class Encoder(nnx.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
 class Decoder(nnx.Module):
@@ -250,7 +252,7 @@ class Decoder(nnx.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
 class AutoencoderKL(nnx.Module):
@@ -263,6 +265,11 @@ class AutoencoderKL(nnx.Module):
         :func:`jot.models.sd.layers.multi_head_attention`): "auto" (default) runs
         long pixel sequences (e.g. 4096 tokens for 512x512 images) in query blocks
         on CPU, None never does, an int sets the score budget.
+      attention: the mid-block attention's kernel ("auto", "xla" or "cudnn", see
+        :func:`jot.models.sd.layers.resolve_attention`). The SD VAE's single head is 512
+        wide, more than cuDNN flash attention takes, so it runs on XLA under every value
+        ("cudnn" still requires a CUDA GPU); smaller VAEs (heads of at most 256 channels on
+        Hopper, 128 before, multiples of 8) can use cuDNN.
     """
 
     def __init__(
@@ -272,8 +279,10 @@ class AutoencoderKL(nnx.Module):
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         attention_chunk: AttentionChunk = "auto",
+        attention: AttentionImplementation = "auto",
         rngs: nnx.Rngs,
     ) -> None:
+        check_attention(attention)
         cfg = config if isinstance(config, VAEConfig) else VAEConfig.from_diffusers(config)
         self.config = cfg
         self.dtype = dtype
@@ -289,6 +298,7 @@ class AutoencoderKL(nnx.Module):
         for _, module in self.iter_modules():
             if isinstance(module, Attention):
                 module.attention_chunk = attention_chunk
+                module.attention = attention
 
     def _check(self, x: jax.Array, channels: int, what: str, factor: int) -> None:
         if x.ndim != 4 or x.shape[-1] != channels:
