@@ -13,6 +13,14 @@ Multi-process runs start the same command on every process. Under SLURM (``srun`
 ``--coordinator_address=HOST0:PORT --num_processes=N --process_id=I``. Process 0 writes the
 workdir's files and shows progress; every process writes its part of the checkpoints.
 
+Compiled programs are kept in XLA's persistent compilation cache, by default
+``<parent of --workdir>/.jax_cache`` (shared by the runs next to each other, never inside a
+workdir), so a second run of the same job skips compilation. ``--compilation_cache=DIR``
+picks another directory and ``--compilation_cache=off`` turns it off; without the flag, a
+``JAX_COMPILATION_CACHE_DIR`` set in the environment is used instead of the default. An
+unwritable cache directory is a warning, not an error. Evaluate and translate runs use the
+default cache only when the workdir's parent exists, so a mistyped path creates nothing.
+
 Exit status: 0 on success; 2 for a user error (a bad flag or config value, a config that
 differs from the workdir's ``config.json``, a locked, missing or unwritable workdir, an
 unreadable checkpoint or input file: one ``error: ...`` message on stderr naming the
@@ -36,7 +44,63 @@ _COORDINATOR = flags.DEFINE_string(
     "(with --num_processes and --process_id). SLURM, Open MPI and TPU pods are detected without flags.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "XLA's persistent compilation cache: a directory, or 'off'. Default: "
+    "<parent of --workdir>/.jax_cache (or $JAX_COMPILATION_CACHE_DIR when set).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+CACHE_DIR_NAME = ".jax_cache"
+# Cache every compiled program: the 2D jobs' CPU programs compile in well under JAX's default
+# threshold of 1 s, and reading an entry back costs less than compiling it.
+CACHE_MIN_COMPILE_SECS = 0.0
+
+
+def _writable_dir(path: str) -> bool:
+    """Whether ``path`` is, or could be created as, a directory this process can write."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+    return os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
+
+
+def compilation_cache_dir(setting: str | None, workdir: str, mode: str = "train") -> str | None:
+    """The persistent compilation cache directory a run uses, or None for none (see the module
+    docstring): ``setting`` is the ``--compilation_cache`` flag."""
+    if setting is not None and setting.strip().lower() == "off":
+        return None
+    if setting:
+        return os.path.abspath(os.path.expanduser(setting))
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.path.abspath(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if mode != "train" and not os.path.isdir(parent):
+        return None
+    return os.path.join(parent, CACHE_DIR_NAME)
+
+
+def enable_compilation_cache(setting: str | None, workdir: str, mode: str = "train") -> str | None:
+    """Points JAX's persistent compilation cache at ``compilation_cache_dir(...)`` (created by
+    JAX at the first compilation) and returns it; turns the cache off and prints one warning
+    when that directory cannot be written. Call before anything is compiled."""
+    import jax
+
+    path = compilation_cache_dir(setting, workdir, mode)
+    if path is not None and not _writable_dir(path):
+        print(f"warning: cannot write the compilation cache directory {path}; compiling without it "
+              "(set --compilation_cache=DIR to another directory, or --compilation_cache=off).",
+              file=sys.stderr, flush=True)
+        path = None
+    if path is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECS)
+    return path
 
 
 def run(config, workdir: str, mode: str = "train") -> dict:
@@ -164,7 +228,8 @@ def main(argv):
     from jot.train.loop import Interrupted
 
     try:
-        # Before anything touches a device.
+        # Before anything touches a device or compiles.
+        enable_compilation_cache(_COMPILATION_CACHE.value, _WORKDIR.value, _MODE.value)
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         metrics = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as e:

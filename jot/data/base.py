@@ -17,7 +17,19 @@ A dataset is an object with
     ``True`` when ``eval_data()["y"][i]`` is the true target of ``eval_data()["x"][i]`` (the
     digits' twins), so per-image scores against it (PSNR) are meaningful.
 
-Batches are host-local numpy arrays; the loop shards them over the mesh's ``data`` axis
+``device_sampling: bool`` and ``device_batch(step, keys=...) -> dict[str, jax.Array]`` (optional)
+    Datasets that can draw their training batches with ``jax.random`` (the 2D samplers of
+    ``jot.data.toy`` with ``config.data.sampler="device"``) set ``device_sampling`` to
+    ``True``; the loop then calls ``device_batch`` inside the jitted train step (or the
+    ``lax.scan`` of ``train.steps_per_call`` steps) with a traced integer ``step``, so no
+    batch crosses from the host. It returns the *global* batch of ``step`` (shape
+    ``[batch_size, ...]``, not a process's share), a pure function of ``(seed, step, key)``
+    built from ``jax.random.fold_in``; the loop constrains it to the mesh's batch sharding, so
+    each device computes its own rows and processes hold disjoint slices. ``train_batch(step)``
+    of such a dataset returns this process's slice of the same batch (drawn by a separately
+    compiled program: the same random bits, the float transforms equal up to rounding).
+
+Host batches are host-local numpy arrays; the loop shards them over the mesh's ``data`` axis
 (``jax.make_array_from_process_local_data``).
 """
 from typing import Protocol
@@ -26,6 +38,9 @@ import numpy as np
 
 
 class Dataset(Protocol):
+    """The required part of the contract; ``paired``, ``device_sampling`` and ``device_batch``
+    are optional."""
+
     def train_batch(self, step: int, keys=...) -> dict[str, np.ndarray]: ...
 
     def eval_data(self) -> dict[str, np.ndarray]: ...

@@ -17,14 +17,27 @@ stream])``, so a batch is a pure function of the step (exact resume) and the sam
 number of processes (each keeps its slice). Finite
 point clouds hold out ``eval_size`` points of each side for evaluation and sample training
 batches with replacement from the rest.
+
+``config.data.sampler`` picks where training batches are drawn: ``"host"`` (the numpy samplers
+above, the original stream) or ``"device"`` (``DEVICE_SAMPLERS``: the same distributions written
+with ``jax.random``, drawn inside the jitted train step by ``PointClouds.device_batch``; a
+different random stream, so the field changes results). The key of a step is
+``fold_in(fold_in(fold_in(PRNGKey(seed), TRAIN), step), stream)``; the draw has the global
+batch's shape, so the batch is the same for any number of processes and devices, and under the
+loop's sharding each device computes only its own rows (``jax_threefry_partitionable``). ``points``
+(finite clouds from files) has no device sampler and is always drawn on the host. Evaluation
+data is always the numpy draw.
 """
 import os
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 Sampler = Callable[[np.random.Generator, int], np.ndarray]
+DeviceSampler = Callable[[jax.Array, int], jax.Array]  # (key, n) -> float32 [n, d]
 
 _TRAIN, _EVAL = 0, 1
 
@@ -104,6 +117,87 @@ BENCHMARKS: dict[str, tuple[Callable[[], Sampler], Callable[[], Sampler]]] = {
     "moon_spiral": (two_moons, spiral),
     "g_circles": (standard_normal, circles),
 }
+
+
+# --------------------------------------------------------------------------- device samplers
+# The numpy samplers above written with jax.random: same distributions, different streams.
+
+
+def device_standard_normal(dim: int = 2) -> DeviceSampler:
+    return lambda key, n: jax.random.normal(key, (n, dim), jnp.float32)
+
+
+def device_gaussian_mixture(centers: np.ndarray, std: float) -> DeviceSampler:
+    centers = np.asarray(centers, dtype=np.float32)
+
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        k_idx, k_noise = jax.random.split(key)
+        idx = jax.random.randint(k_idx, (n,), 0, len(centers))
+        return jnp.asarray(centers)[idx] + np.float32(std) * jax.random.normal(k_noise, (n, centers.shape[1]))
+
+    return sample
+
+
+def device_eight_gaussians(radius: float = 12.0, var: float = 0.4) -> DeviceSampler:
+    angles = 2 * np.pi * np.arange(8) / 8
+    return device_gaussian_mixture(radius * np.stack([np.cos(angles), np.sin(angles)], 1), np.sqrt(var))
+
+
+def device_grid_gaussians(values=(-6.0, -3.0, 0.0, 3.0, 6.0), var: float = 0.005) -> DeviceSampler:
+    gx, gy = np.meshgrid(values, values, indexing="ij")
+    return device_gaussian_mixture(np.stack([gx.ravel(), gy.ravel()], 1), np.sqrt(var))
+
+
+def device_two_moons(scale: float = 10.0, noise: float = 0.5) -> DeviceSampler:
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        k_side, k_angle, k_noise = jax.random.split(key, 3)
+        upper = jax.random.uniform(k_side, (n,)) < 0.5
+        a = jnp.pi * jax.random.uniform(k_angle, (n,))
+        c, s = jnp.cos(a), jnp.sin(a)
+        pts = jnp.where(upper[:, None], jnp.stack([c, s], 1), jnp.stack([1.0 - c, 0.5 - s], 1))
+        pts = scale * (pts - jnp.array([0.5, 0.25], jnp.float32))
+        return pts + noise * jax.random.normal(k_noise, (n, 2))
+
+    return sample
+
+
+def device_spiral(noise: float = 0.25) -> DeviceSampler:
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        k_u, k_noise = jax.random.split(key)
+        theta = jnp.sqrt(jax.random.uniform(k_u, (n,))) * 3 * jnp.pi - jnp.pi / 2
+        r = theta + jnp.pi
+        pts = jnp.stack([r * jnp.cos(theta), r * jnp.sin(theta)], 1)
+        return pts + noise * jax.random.normal(k_noise, (n, 2))
+
+    return sample
+
+
+def device_circles(radii=(4.0, 8.0), noise: float = 0.2) -> DeviceSampler:
+    radii = np.asarray(radii, dtype=np.float32)
+
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        k_idx, k_angle, k_noise = jax.random.split(key, 3)
+        r = jnp.asarray(radii)[jax.random.randint(k_idx, (n,), 0, len(radii))]
+        a = 2 * jnp.pi * jax.random.uniform(k_angle, (n,))
+        pts = r[:, None] * jnp.stack([jnp.cos(a), jnp.sin(a)], 1)
+        return pts + noise * jax.random.normal(k_noise, (n, 2))
+
+    return sample
+
+
+def device_gaussian(mean, std: float = 1.0) -> DeviceSampler:
+    mean = np.asarray(mean, dtype=np.float32)
+    return lambda key, n: jnp.asarray(mean) + np.float32(std) * jax.random.normal(key, (n, mean.shape[0]))
+
+
+DEVICE_SAMPLERS: dict[str, tuple[Callable[[], DeviceSampler], Callable[[], DeviceSampler]]] = {
+    "g8g": (device_standard_normal, device_eight_gaussians),
+    "g25g": (device_standard_normal, device_grid_gaussians),
+    "moon_spiral": (device_two_moons, device_spiral),
+    "g_circles": (device_standard_normal, device_circles),
+}
+
+SAMPLERS = ("host", "device")
 
 
 def load_points(spec: str, *, role: str) -> np.ndarray:
@@ -196,6 +290,8 @@ class PointClouds:
         eval_target: np.ndarray | None = None,
         process_index: int = 0,
         process_count: int = 1,
+        device_source: DeviceSampler | None = None,
+        device_target: DeviceSampler | None = None,
     ):
         if batch_size % process_count:
             raise ValueError(
@@ -205,6 +301,8 @@ class PointClouds:
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.seed, self.eval_size = int(seed), int(eval_size)
         self.process_index = process_index
+        self.device_source, self.device_target = device_source, device_target
+        self._jit_device_batch = None
         self._eval = None
         if eval_source is not None:
             self._eval = {"x": eval_source.astype(np.float32), "y": eval_target.astype(np.float32)}
@@ -216,14 +314,40 @@ class PointClouds:
                 f"{self.target(np.random.default_rng(0), 2).shape[1]}; source and target must live in the same space."
             )
 
+    @property
+    def device_sampling(self) -> bool:
+        """Whether training batches are drawn on device (``config.data.sampler="device"``)."""
+        return self.device_source is not None
+
+    def device_batch(self, step, keys=("x", "y")) -> dict[str, jax.Array]:
+        """The global batch of ``step`` drawn with ``jax.random`` (traceable; ``step`` may be
+        a traced integer): ``{key: float32 [batch_size, d]}``, each key from its own stream
+        ``fold_in(fold_in(fold_in(PRNGKey(seed), TRAIN), step), stream)``. Only for datasets
+        built with ``sampler="device"``."""
+        if not self.device_sampling:
+            raise ValueError("this dataset draws its batches on the host (config.data.sampler='host').")
+        base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), _TRAIN), step)
+        out = {}
+        for key in keys:
+            sampler, stream = {"x": (self.device_source, 0), "y": (self.device_target, 1)}[key]
+            out[key] = sampler(jax.random.fold_in(base, stream), self.batch_size).astype(jnp.float32)
+        return out
+
     def train_batch(self, step: int, keys=("x", "y")) -> dict[str, np.ndarray]:
         """This process's slice of fresh ``x`` (source) and ``y`` (target) points for ``step``.
 
         Each key has its own random stream, so drawing only some ``keys`` leaves the others
         unchanged. Points are cheap, so every process draws the global batch and keeps its
-        slice: the global batch is the same whatever the number of processes."""
+        slice: the global batch is the same whatever the number of processes. With device
+        sampling this is ``device_batch(step)`` drawn by its own jitted program and brought to
+        the host (equal to the loop's draw up to the rounding of the float transforms)."""
         out = {}
         lo = self.process_index * self.local_batch
+        if self.device_sampling:
+            if self._jit_device_batch is None:
+                self._jit_device_batch = jax.jit(self.device_batch, static_argnums=1)
+            drawn = self._jit_device_batch(np.int32(step), tuple(keys))
+            return {k: np.asarray(v)[lo:lo + self.local_batch] for k, v in drawn.items()}
         for key in keys:
             sampler, stream = {"x": (self.source, 0), "y": (self.target, 1)}[key]
             rng = np.random.default_rng([self.seed, _TRAIN, int(step), 0, stream])
@@ -249,18 +373,29 @@ def _split(points: np.ndarray, eval_size: int, seed: int, role: str) -> tuple[np
 
 
 def build(config: ml_collections.ConfigDict, *, process_index: int | None = None, process_count: int | None = None):
-    """Builds the point-cloud dataset named by ``config.data.name``."""
-    import jax
+    """Builds the point-cloud dataset named by ``config.data.name``; ``config.data.sampler``
+    (default ``"host"``) picks the numpy or the ``jax.random`` samplers for training batches."""
+    from jot.errors import UserError
 
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     d = config.data
+    sampler = d.get("sampler", "host")
+    if sampler not in SAMPLERS:
+        raise UserError(f"config.data.sampler={sampler!r}: expected one of {list(SAMPLERS)}.")
+    device = sampler == "device"
     common = dict(batch_size=config.train.batch_size, seed=config.seed, eval_size=d.eval_size,
                   process_index=pi, process_count=pc)
     if d.name in BENCHMARKS:
         make_src, make_tgt = BENCHMARKS[d.name]
+        if device:
+            dev_src, dev_tgt = DEVICE_SAMPLERS[d.name]
+            common.update(device_source=dev_src(), device_target=dev_tgt())
         return PointClouds(make_src(), make_tgt(), **common)
     if d.name == "gaussians":
+        if device:
+            common.update(device_source=device_gaussian(d.source_mean, d.source_std),
+                          device_target=device_gaussian(d.target_mean, d.target_std))
         return PointClouds(gaussian(d.source_mean, d.source_std), gaussian(d.target_mean, d.target_std), **common)
     if d.name == "points":
         src = load_points(d.source, role="source")

@@ -10,6 +10,20 @@ Resume order (``train`` is idempotent: run it again on the same workdir to conti
    (``jot.data.base``), so the data stream resumes exactly without iterator state;
 4. per-step randomness is ``fold_in(state.rng, state.step)`` inside the method.
 
+Dispatch: ``train.steps_per_call = N`` runs ``N`` consecutive steps in one jitted
+``lax.scan`` (the state donated, its shardings kept). A call never crosses a step where the
+loop logs, checkpoints, evaluates or may stop (multiples of ``log_every``,
+``checkpoint_every``, ``eval_every`` and ``train.steps``): a shorter run up to such a step is
+taken one step per call, so at most two programs are compiled (``N`` steps and one step).
+The scan runs the same step function on the same batches, so ``N`` does not change results
+(``records.NEUTRAL_FIELDS``). Metrics are reduced on device: the logged values are the last
+step's, and the NaN guard sees every step (the first step with a non-finite metric and which
+metrics, carried across calls on device and read at log steps). Datasets with
+``device_sampling`` (``jot.data.base``; the 2D samplers with ``config.data.sampler="device"``)
+draw each step's batch inside the jitted call from the traced step index and constrain it to
+the mesh's batch sharding; other datasets' host batches are stacked ``[N, ...]`` and fed to
+the scan.
+
 Readers of a trained model (``evaluate``, ``--mode=translate``, notebooks) call
 ``restore(workdir)``: the recorded config, the method and the checkpoint restored into the
 same shardings as step 2, without a ``Trainer``.
@@ -179,6 +193,56 @@ def _sharded_batch(mesh, dataset, step: int, counts: dict[str, int] | None, lazy
                                 batch_axis=0 if counts is None else 1)
 
 
+def _stacked_sharded_batches(mesh, dataset, start: int, n: int, counts: dict[str, int] | None,
+                             lazy: bool | None = None) -> dict:
+    """The host batches of steps ``start .. start + n - 1`` stacked on a new leading axis
+    (``[n, ...]``, what ``lax.scan`` slices) as global arrays split over ``data``."""
+    batches = [_host_batch(dataset, step, counts, lazy) for step in range(start, start + n)]
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    return sharding.shard_batch(mesh, stacked, batch_axis=1 if counts is None else 2)
+
+
+def uses_device_batches(dataset) -> bool:
+    """Whether the loop draws ``dataset``'s batches inside the jitted step (``jot.data.base``)."""
+    return bool(getattr(dataset, "device_sampling", False)) and hasattr(dataset, "device_batch")
+
+
+def device_batch(dataset, mesh, step, counts: dict[str, int] | None) -> dict:
+    """Traceable: the batch of (traced) ``step`` drawn by ``dataset.device_batch``, stacked as
+    ``_host_batch`` stacks host batches (key ``k``: dataset batches ``step * counts[k] + j``),
+    constrained to the mesh's batch sharding so each device draws its own rows."""
+    if counts is None:
+        batch, axis = dataset.device_batch(step), 0
+    else:
+        batch, axis = {}, 1
+        for key, c in counts.items():
+            draw = lambda i, key=key: dataset.device_batch(i, keys=(key,))[key]  # noqa: E731
+            batch[key] = jax.vmap(draw)(step * c + jnp.arange(c, dtype=jnp.int32))
+    return {k: jax.lax.with_sharding_constraint(v, sharding.batch_sharding(mesh, v.ndim, axis))
+            for k, v in batch.items()}
+
+
+def _no_divergence(metric_shapes: dict) -> dict:
+    """The NaN guard's record carried across calls: ``first`` (the first completed step with a
+    non-finite metric, -1 while none) and ``bad`` (per floating metric: non-finite at any step)."""
+    bad = {k: jnp.zeros((), bool) for k, v in metric_shapes.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+    return {"first": jnp.full((), -1, jnp.int32), "bad": bad}
+
+
+def _guard(record: dict, metrics: dict, done) -> dict:
+    """``record`` updated with the metrics of the step that completed step ``done``."""
+    nonfinite = {k: ~jnp.all(jnp.isfinite(metrics[k])) for k in record["bad"]}
+    any_bad = jnp.any(jnp.stack(list(nonfinite.values()))) if nonfinite else jnp.array(False)
+    first = jnp.where((record["first"] < 0) & any_bad, jnp.asarray(done, jnp.int32), record["first"])
+    return {"first": first, "bad": {k: record["bad"][k] | nonfinite[k] for k in record["bad"]}}
+
+
+def _boundary(done: int, tc) -> int:
+    """The first step after ``done`` at which the loop logs, checkpoints, evaluates or ends."""
+    nxt = min((done // every + 1) * every for every in (tc.log_every, tc.checkpoint_every, tc.eval_every) if every)
+    return min(nxt, tc.steps)
+
+
 def load_pretrained(method, config: ml_collections.ConfigDict, mesh):
     """The method's frozen pretrained networks (``load_pretrained``, see ``jot.methods.base``)
     placed on ``mesh`` by the parameter rule, or None for methods without them (or when the
@@ -236,11 +300,13 @@ class Trainer:
         self.mesh = sharding.make_mesh(config)
         self.counts = batch_counts(self.method, config)
         self._lazy = _accepts_keys(self.dataset)
+        self.on_device = uses_device_batches(self.dataset)
         self.replicated = sharding.replicated(self.mesh)
         self.pretrained = load_pretrained(self.method, config, self.mesh)
         self._pretrained_shardings = jax.tree.map(lambda x: x.sharding, self.pretrained)
-        self.abstract, self.shardings = state_shardings(self.method, config, self.mesh, self.batch(0),
-                                                        self.pretrained)
+        batch0 = self.batch(0)  # also checks that the batch divides over the mesh
+        self._batch_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch0)
+        self.abstract, self.shardings = state_shardings(self.method, config, self.mesh, batch0, self.pretrained)
         self.checkpoints = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints, create=create
         )
@@ -268,6 +334,58 @@ class Trainer:
         out = attach(self.shardings, self._pretrained_shardings)
         return jax.jit(functools.partial(self.method.train_step, self.config), donate_argnums=0,
                        out_shardings=(out, self.replicated))
+
+    def metric_shapes(self) -> dict:
+        """Shapes and dtypes of ``train_step``'s metrics (traced once, nothing computed)."""
+        state = attach(self.abstract, self.pretrained)
+        return jax.eval_shape(functools.partial(self.method.train_step, self.config), state,
+                              self._batch_shapes)[1]
+
+    def no_divergence(self) -> dict:
+        """The NaN guard's initial record for ``call_fn`` (replicated)."""
+        return jax.device_put(_no_divergence(self.metric_shapes()), self.replicated)
+
+    def call_fn(self, n: int):
+        """``n`` consecutive train steps in one jitted call (a ``lax.scan`` when ``n > 1``):
+        ``(state, record, step[, batches]) -> (state, record, metrics)``.
+
+        ``step`` is the index of the first step; ``batches`` (host datasets only) is the batch
+        of that step for ``n == 1`` and the ``[n, ...]`` stack of the ``n`` steps' batches
+        otherwise (``_stacked_sharded_batches``); device datasets draw them inside. ``record``
+        is the NaN guard's (``_guard``); ``metrics`` are the last step's. The state and the
+        record are donated; the state stays in ``self.shardings``."""
+        method, config, counts, on_device = self.method, self.config, self.counts, self.on_device
+        mesh, dataset = self.mesh, self.dataset
+
+        def one(state, record, step, batch):
+            if on_device:
+                batch = device_batch(dataset, mesh, step, counts)
+            state, metrics = method.train_step(config, state, batch)
+            return state, _guard(record, metrics, step + 1), metrics
+
+        def run(state, record, step, batches=None):
+            if n == 1:
+                return one(state, record, step, batches)
+
+            def body(carry, xs):
+                state, record = carry
+                state, record, metrics = one(state, record, *xs)
+                return (state, record), metrics
+
+            xs = (step + jnp.arange(n, dtype=jnp.int32), batches)
+            (state, record), stacked = jax.lax.scan(body, (state, record), xs)
+            return state, record, jax.tree.map(lambda v: v[-1], stacked)
+
+        out = attach(self.shardings, self._pretrained_shardings)
+        return jax.jit(run, donate_argnums=(0, 1), out_shardings=(out, self.replicated, self.replicated))
+
+    def call_args(self, step: int, n: int) -> tuple:
+        """The arguments after ``(state, record)`` of ``call_fn(n)`` for steps ``step ..``."""
+        if self.on_device:
+            return (np.int32(step),)
+        if n == 1:
+            return np.int32(step), self.batch(step)
+        return np.int32(step), _stacked_sharded_batches(self.mesh, self.dataset, step, n, self.counts, self._lazy)
 
     def evaluate(self, state, workdir: str | None) -> dict:
         if not hasattr(self.method, "evaluate"):
@@ -327,11 +445,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset, is_main: bo
 
 
 def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str, is_main: bool):
-    """Steps ``start .. train.steps`` with logging, checkpoints, the NaN guard and signal stops."""
+    """Steps ``start .. train.steps`` with logging, checkpoints, the NaN guard and signal stops,
+    ``train.steps_per_call`` steps per jitted call (see the module docstring)."""
     tc = config.train
-    step_fn = trainer.step_fn()
+    per_call = int(tc.get("steps_per_call", 1))
+    calls = {}
     # XLA's CPU collectives across processes (gloo) can deadlock when two steps' executions
-    # overlap on a process with several devices; such runs (tests, laptops) finish each step
+    # overlap on a process with several devices; such runs (tests, laptops) finish each call
     # before dispatching the next. Accelerators keep asynchronous dispatch.
     serial = jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.local_device_count() > 1
     last_good = trainer.checkpoints.latest_step()
@@ -342,27 +462,35 @@ def _train_steps(config, trainer: Trainer, state, start: int, metrics_path: str,
 
         progress = tqdm(total=tc.steps, initial=start, desc=f"{config.method} {config.data.name}", dynamic_ncols=True)
 
+    record = trainer.no_divergence() if start < tc.steps else None
     t0, done_since_log = time.perf_counter(), 0
+    step = start
     try:
         with _StopSignals() as stop:
-            for step in range(start, tc.steps):
-                state, metrics = step_fn(state, trainer.batch(step))
+            while step < tc.steps:
+                n = min(per_call, _boundary(step, tc) - step)
+                n = n if n == per_call else 1  # two programs at most: N steps and one step
+                if n not in calls:
+                    calls[n] = trainer.call_fn(n)
+                state, record, metrics = calls[n](state, record, *trainer.call_args(step, n))
                 if serial:
                     jax.block_until_ready(state)
-                done = step + 1
-                done_since_log += 1
+                done = step = step + n
+                done_since_log += n
                 if done % tc.log_every == 0 or done == tc.steps:
-                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if not all(np.isfinite(v) for v in host.values()):
-                        bad = sorted(k for k, v in host.items() if not np.isfinite(v))
+                    host, guard = jax.device_get((metrics, record))
+                    host = {k: float(v) for k, v in host.items()}
+                    if int(guard["first"]) >= 0:
+                        bad = sorted(k for k, v in guard["bad"].items() if v)
                         raise TrainingDiverged(
-                            f"non-finite {bad} at step {done}; last good checkpoint: step {last_good} in "
-                            f"{trainer.checkpoints.directory}. Lower the learning rates or raise the regulariser weight."
+                            f"non-finite {bad} from step {int(guard['first'])}, detected at step {done}; last good "
+                            f"checkpoint: step {last_good} in {trainer.checkpoints.directory}. Lower the learning "
+                            "rates or raise the regulariser weight."
                         )
                     elapsed = time.perf_counter() - t0
-                    record = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
+                    record_line = {"step": done, "steps_per_sec": done_since_log / max(elapsed, 1e-9), **host}
                     if is_main:
-                        files.append_jsonl(metrics_path, record)
+                        files.append_jsonl(metrics_path, record_line)
                     if progress is not None:
                         progress.update(done_since_log)
                         progress.set_postfix({k: f"{v:.3g}" for k, v in host.items() if k.startswith("loss")})

@@ -3,7 +3,8 @@
 ``config_changes(saved, given)`` is the one comparison of two configs: it lists the fields
 whose difference changes the results of a run. Fields that cannot change the numbers are
 ignored (``NEUTRAL_FIELDS``: progress bar, logging, checkpoint and evaluation cadence, how
-many checkpoints are kept, ``eval.*``, ``mesh.*``). ``train.steps`` may be raised to extend
+many checkpoints are kept, how many steps one jitted call runs, ``eval.*``, ``mesh.*``).
+``data.sampler`` (host or device random streams) changes the data and is not neutral. ``train.steps`` may be raised to extend
 a run whose ``train.lr_schedule`` is ``"constant"``; with ``"cosine"`` the learning rate of
 every step depends on ``train.steps``, so any change to it is reported.
 
@@ -30,6 +31,7 @@ NEUTRAL_FIELDS = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.eval_every",
+    "train.steps_per_call",
     "eval",
     "mesh",
 )
@@ -203,12 +205,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need("log_every", lambda v: integer(v) and v > 0, "an integer > 0")
     need("checkpoint_every", lambda v: integer(v) and v > 0, "an integer > 0")
     need("eval_every", lambda v: integer(v) and v >= 0, "an integer >= 0 (0: evaluate only at the end)")
+    need("steps_per_call", lambda v: integer(v) and v >= 1, "an integer >= 1 (train steps per jitted call)")
     need("ema", lambda v: _number(v) and 0 <= v < 1, "0 <= ema < 1 (0: no EMA)")
     for lr in ("lr", "lr_map", "lr_potential"):
         need(lr, lambda v: _number(v) and v > 0, "a learning rate > 0")
     need("grad_clip", lambda v: _number(v) and v >= 0, "a global norm >= 0 (0: no clipping)")
     need("lr_schedule", lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'")
     need("lr_final_fraction", lambda v: _number(v) and 0 <= v <= 1, "a fraction 0 <= f <= 1 of the initial rate")
+    data = config.get("data")
+    if data is not None and "sampler" in data and data.sampler not in ("host", "device"):
+        problems.append(f"config.data.sampler={data.sampler!r}: expected 'host' or 'device'")
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
-        raise UserError(f"invalid config values:\n{lines}\nSet them with --config.train.FIELD=VALUE.")
+        raise UserError(f"invalid config values:\n{lines}\nSet them with --config.train.FIELD=VALUE "
+                        "(--config.data.FIELD=VALUE for data fields).")
