@@ -46,6 +46,17 @@ def savez(path: str, **arrays: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def grid_png(rows: list[np.ndarray]) -> bytes:
+    """PNG bytes of images in ``[-1, 1]`` (each row ``[n, H, W, C]``, C = 1 or 3) tiled row by row."""
+    from PIL import Image
+
+    tiles = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    tiles = np.clip((tiles + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(tiles[..., 0] if tiles.shape[-1] == 1 else tiles).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_figure(path: str, fig) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

@@ -4,7 +4,10 @@ Config fields (``config.data``): ``source`` and ``target`` (folders of PNG/JPEG 
 recursively), ``size`` (side of the square images the model sees), ``channels`` (1: grayscale,
 3: RGB), ``resize`` (``"crop"``: resize the shorter side to ``size`` then centre-crop; ``"none"``:
 every file must already be ``size x size``), ``num_eval`` (images per domain held out for
-``eval_data``; the split is a fixed function of the sorted file list).
+``eval_data``; the split is a fixed function of the sorted file list), ``source_eval`` and
+``target_eval`` (optional folders that ``eval_data`` reads instead: then nothing of that domain
+is held out from training; e.g. AFHQ's ``val/wild`` as test sources and, for the FID protocol that
+compares with the training targets, ``train/cat`` itself as ``target_eval``).
 
 Pixels are mapped to ``[-1, 1]`` (``x / 127.5 - 1``; 16-bit grayscale PNGs ``x / 32767.5 - 1``),
 arrays are NHWC float32. Every file is decoded once when the dataset is built, so a corrupt or
@@ -143,15 +146,21 @@ class FolderDataset:
     with ``target=""`` one folder, ``{"x": source}`` (e.g. a concept for textual inversion)."""
 
     def __init__(self, source: str, target: str, *, size: int, channels: int, resize: str,
-                 num_eval: int, batch_size: int, seed: int):
+                 num_eval: int, batch_size: int, seed: int, source_eval: str = "", target_eval: str = ""):
         self.size, self.channels, self.batch_size = size, channels, batch_size
         self._load: Callable[[str], np.ndarray] = lambda p: load_image(p, size=size, channels=channels, resize=resize)
         self._train, self._eval = {}, {}
-        for key, folder in (("x", source), ("y", target)):
+        for key, folder, eval_folder in (("x", source, source_eval), ("y", target, target_eval)):
             if key == "y" and not folder:
                 continue
             paths = list_images(folder)
             check_readable(paths, folder)
+            if eval_folder:
+                self._eval[key] = list_images(eval_folder)
+                check_readable(self._eval[key], eval_folder)
+                self._train[key] = (
+                    grain.MapDataset.source(paths).shuffle(seed=seed + (key == "y")).repeat().map(self._load))
+                continue
             if len(paths) <= num_eval:
                 raise ValueError(
                     f"folder {folder!r} has {len(paths)} images but config.data.num_eval={num_eval} are held out; "
@@ -180,4 +189,5 @@ def build(config: ml_collections.ConfigDict) -> FolderDataset:
     return FolderDataset(
         data.source, data.target, size=data.size, channels=data.channels, resize=data.get("resize", "crop"),
         num_eval=data.get("num_eval", 0), batch_size=local_batch, seed=config.seed,
+        source_eval=data.get("source_eval", ""), target_eval=data.get("target_eval", ""),
     )

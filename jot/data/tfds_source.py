@@ -7,7 +7,12 @@ TFDS directory) by random access, with no TensorFlow: ``tensorflow-datasets`` al
 - ``cycle_gan/<pair>`` (e.g. ``cycle_gan/horse2zebra``): source split ``trainA``, target
   ``trainB``; ``eval_data`` from ``testA``/``testB``.
 - ``celeb_a``: one split (``train``; eval ``test``) divided by a binary attribute
-  (``config.data.attribute``, e.g. ``"Male"``): source = attribute false, target = true.
+  (``config.data.attribute``, e.g. ``"Male"``): source = attribute false, target = true, or the
+  other way round with ``config.data.source_has_attribute = True`` (Male -> Female).
+
+``config.data.num_eval`` images per domain are held out for ``eval_data`` (the first of the
+eval split); ``num_eval = -1`` takes the whole eval split (the CelebA test set of the FID
+protocol).
 
 Images are resized/centre-cropped to ``config.data.size`` (``jot.data.images.prepare``);
 batches are drawn like ``jot.data.images`` (grain ``shuffle(seed).repeat()``, random access by
@@ -52,6 +57,8 @@ class TfdsDataset:
             train_src, eval_src = source("train"), source("test")
             flags = {s: np.array([bool(r["attributes"][attr]) for r in src]) for s, src in
                      (("train", train_src), ("test", eval_src))}
+            if data.get("source_has_attribute", False):
+                flags = {s: ~f for s, f in flags.items()}
             train = {"x": (train_src, np.flatnonzero(~flags["train"])), "y": (train_src, np.flatnonzero(flags["train"]))}
             evals = {"x": (eval_src, np.flatnonzero(~flags["test"])), "y": (eval_src, np.flatnonzero(flags["test"]))}
         else:
@@ -70,10 +77,12 @@ class TfdsDataset:
         out = {}
         for key, (src, idx) in self._eval.items():
             idx = np.arange(len(src)) if idx is None else idx
-            out[key] = np.stack([self._prep(src[int(j)]) for j in idx[: self._num_eval]])
+            idx = idx if self._num_eval < 0 else idx[: self._num_eval]
+            out[key] = np.stack([self._prep(src[int(j)]) for j in idx])
         return out
 
 
 def build(config: ml_collections.ConfigDict) -> TfdsDataset:
-    """``config.data``: ``tfds_name``, ``size``, ``channels``, ``data_dir``, ``attribute`` (celeb_a), ``num_eval``."""
+    """``config.data``: ``tfds_name``, ``size``, ``channels``, ``data_dir``, ``attribute`` and
+    ``source_has_attribute`` (celeb_a), ``num_eval`` (-1: the whole eval split)."""
     return TfdsDataset(config.data, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)

@@ -7,7 +7,7 @@ One train step follows Algorithm 1 of the paper, every update on its own fresh b
 
 1. draw ``x, y, t`` (batch 0 of the step) and the interpolants ``x_t``, ``y_t`` of the current
    maps; update ``V`` on ``L_V + lambda R`` (line 4: the regulariser);
-2. ``loss.k_t`` times (a ``lax.scan`` over batches ``1..k_t``): draw fresh ``x, y, t`` and
+2. ``loss.k_t`` times (``_common.inner_updates`` over batches ``1..k_t``): draw fresh ``x, y, t`` and
    update ``T`` and ``S`` against the updated ``V``.
 
 So a step consumes ``k_t + 1`` source and ``k_t + 1`` target batches (``batches_per_step``).
@@ -37,9 +37,9 @@ def batches_per_step(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
-    dim = _common.stacked(batch, "x").shape[-1]
+    shape = _common.stacked(batch, "x").shape[2:]
     keys = jax.random.split(rng, 4)
-    nets = {n: _common.init_network(config, n, dim, k) for n, k in zip(("T", "S", "V"), keys[:3])}
+    nets = {n: _common.init_network(config, n, shape, k) for n, k in zip(("T", "S", "V"), keys[:3])}
     params = {n: p for n, (_, p) in nets.items()}
     opt_state = {n: _optimizer(config, n).init(p) for n, p in params.items()}
     ema = {n: params[n] for n in MAPS} if config.train.ema else {}
@@ -110,7 +110,7 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
             "loss_T": lt, "loss_S": ls, "cost_T": aux_t["cost"], "cost_S": aux_s["cost"]}
 
     maps0 = ({m: params[m] for m in MAPS}, {m: opt_state[m] for m in MAPS})
-    (p_maps, os_maps), map_metrics = jax.lax.scan(map_update, maps0, (xs[1:], ys[1:], keys[1:]))
+    (p_maps, os_maps), map_metrics = _common.inner_updates(map_update, maps0, (xs[1:], ys[1:], keys[1:]))
     params, opt_state = {**params, **p_maps}, {**opt_state, **os_maps}
     ema = state.ema
     if config.train.ema:

@@ -6,7 +6,7 @@ every update on its own fresh batch (the same data flow as DIOTM's Algorithm 1):
 1. one potential update on fresh ``x`` (batch 0) and ``y`` with ``T(x)`` of the current map,
    optional R1 (``loss.regularizer="r1"``, weight ``loss.reg_weight``,
    ``jot.losses.regularizers.r1_regularizer``);
-2. ``loss.k_t`` map updates (a ``lax.scan`` over source batches ``1..k_t``).
+2. ``loss.k_t`` map updates (``_common.inner_updates`` over source batches ``1..k_t``).
 
 A step consumes ``k_t + 1`` source batches and one target batch. The map optimiser decays
 over ``k_t * train.steps`` updates, the potential's over ``train.steps``.
@@ -37,9 +37,9 @@ def _optimizer(config: ml_collections.ConfigDict, name: str):
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> State:
-    dim = _common.stacked(batch, "x").shape[-1]
+    shape = _common.stacked(batch, "x").shape[2:]
     keys = jax.random.split(rng, 3)
-    nets = {name: _common.init_network(config, name, dim, key) for name, key in zip(("T", "v"), keys[:2])}
+    nets = {name: _common.init_network(config, name, shape, key) for name, key in zip(("T", "v"), keys[:2])}
     params = {name: p for name, (_, p) in nets.items()}
     opt_state = {name: _optimizer(config, name).init(p) for name, p in params.items()}
     ema = {"T": params["T"]} if config.train.ema else {}
@@ -83,7 +83,7 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
         p_t, os_t = _common.apply_grads(opt_map, p_t, os_t, g)
         return (p_t, os_t), {"loss_T": lt, "cost_T": aux["cost"]}
 
-    (p_t, os_t), map_metrics = jax.lax.scan(map_update, (state.params["T"], state.opt_state["T"]), (xs[1:], keys[1:]))
+    (p_t, os_t), map_metrics = _common.inner_updates(map_update, (state.params["T"], state.opt_state["T"]), (xs[1:], keys[1:]))
     ema = state.ema
     if config.train.ema:
         ema = {"T": _common.ema_update(state.ema["T"], p_t, config.train.ema)}

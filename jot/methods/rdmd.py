@@ -21,7 +21,7 @@ Networks, all of the teacher's architecture (``jot.models.unet.UNet`` for images
 
 One train step (one jitted function; the step consumes ``k_fake + 1`` source batches):
 
-1. ``loss.k_fake`` fake-model updates (``lax.scan`` over batches ``0..k_fake-1``): the denoising
+1. ``loss.k_fake`` fake-model updates (``_common.inner_updates`` over batches ``0..k_fake-1``): the denoising
    loss ``L_fake`` on ``stop_grad(G(x))`` at steps ``s ~ U[0, S-1]``;
 2. one generator update on batch ``k_fake`` with the updated fake model:
    ``L_DMD(G(x)) + loss.lam * c(x, G(x))`` at steps ``s ~ U[t_min, t_max] (S-1)``;
@@ -247,7 +247,7 @@ def train_step(config: ml_collections.ConfigDict, state: State, batch: dict) -> 
         p, o = _common.apply_grads(opt_fake, p, o, grads)
         return (p, o), lf
 
-    (p_fake, o_fake), fake_losses = jax.lax.scan(fake_update, (state.params["fake"], state.opt_state["fake"]),
+    (p_fake, o_fake), fake_losses = _common.inner_updates(fake_update, (state.params["fake"], state.opt_state["fake"]),
                                                  (xs[:k], keys[:k]))
 
     # 2. One generator update on batch k against the updated fake model.
@@ -278,30 +278,13 @@ def transport(config: ml_collections.ConfigDict, state: State, x: jax.Array, rng
 
 
 def evaluate(config: ml_collections.ConfigDict, state: State, data: dict, workdir: str | None) -> dict:
-    """Held-out metrics and ``transport.npz`` (module docstring)."""
-    from jot import files
+    """Held-out metrics and ``transport.npz`` (module docstring; images: ``_ot_eval.evaluate_images``)."""
     from jot.methods import _ot_eval
 
-    x = np.asarray(data["x"])
-    if x.ndim == 2:
-        out = _ot_eval.evaluate(config, state, data, workdir, transport, None)
+    out = _ot_eval.evaluate(config, state, data, workdir, transport, None)
+    if np.ndim(data["x"]) == 2:
         n = min(len(data["x"]), len(data["y"]))
-        tx = np.asarray(jax.jit(lambda s, u: transport(config, s, u))(state, x[:n]))
-        out["cost"] = float(np.mean(np.sum((tx - x[:len(tx)]) ** 2, axis=1)))
-        return out
-    from jot.metrics import frechet, image
-
-    y = np.asarray(data["y"])
-    apply = jax.jit(lambda s, u: transport(config, s, u))
-    chunk = int(config.eval.get("batch_size", 256))
-    tx = np.concatenate([np.asarray(apply(state, x[i:i + chunk])) for i in range(0, len(x), chunk)])
-    out = {"cost": float(np.mean((tx - x) ** 2)), "n_eval": len(x)}
-    if y.shape == tx.shape:
-        out["psnr"] = float(image.psnr(np.clip(tx, -1, 1), y).mean())
-    out["frechet"] = frechet.frechet_distance(tx, y)
-    out["frechet_source"] = frechet.frechet_distance(x, y)
-    if not np.all(np.isfinite(tx)):
-        out = {k: (float("nan") if k != "n_eval" else v) for k, v in out.items()}
-    if workdir:
-        files.savez(os.path.join(workdir, "transport.npz"), x=x, Tx=tx, y=y)
+        x = np.asarray(data["x"])[:n]
+        tx = np.asarray(jax.jit(lambda s, u: transport(config, s, u))(state, x))
+        out["cost"] = float(np.mean(np.sum((tx - x) ** 2, axis=1)))
     return out

@@ -2,7 +2,8 @@
 
 ``UNet(x, s, cond) -> eps_hat``: ``x`` is ``(B, H, W, C)``, ``s`` the ``(B,)`` float diffusion
 steps (fractional steps are fine: the sinusoidal embedding is continuous), ``cond`` an optional
-``(B,)`` int class/domain label. One network can hold both translation domains
+``(B,)`` int class/domain label, ``z`` optional ``(B, noise_dim)`` noise (a transport map's
+auxiliary input, ``jot.models.image_ot``) mapped by a two-layer MLP into the embedding. One network can hold both translation domains
 (``num_classes=2``, ``cond`` = domain index) or one domain (``num_classes=0``, ``cond=None``).
 
 Layout (Ho et al. 2020; Dhariwal & Nichol 2021): ``conv_in``; for each resolution level ``i``
@@ -99,6 +100,7 @@ class UNet(nnx.Module):
         num_classes: int = 0,
         num_heads: int = 4,
         num_groups: int = 8,
+        noise_dim: int = 0,
         rngs: nnx.Rngs,
     ):
         if image_size % 2 ** (len(channel_mult) - 1):
@@ -111,6 +113,10 @@ class UNet(nnx.Module):
         self.time1 = nnx.Linear(channels, emb_dim, rngs=rngs)
         self.time2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
         self.label = nnx.Embed(num_classes, emb_dim, rngs=rngs) if num_classes > 0 else None
+        self.noise_dim = noise_dim
+        if noise_dim:
+            self.noise1 = nnx.Linear(noise_dim, emb_dim, rngs=rngs)
+            self.noise2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
         self.conv_in = nnx.Conv(in_channels, channels, (3, 3), rngs=rngs)
 
         def res(cin, cout):
@@ -144,7 +150,8 @@ class UNet(nnx.Module):
         self.norm_out = nnx.GroupNorm(ch, num_groups=min(num_groups, ch), rngs=rngs)
         self.conv_out = _zero_conv(ch, in_channels, rngs)
 
-    def __call__(self, x: jax.Array, s: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, s: jax.Array, cond: jax.Array | None = None,
+                 z: jax.Array | None = None) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"UNet expects NHWC images with {self.in_channels} channels; got shape {x.shape}.")
         if (cond is None) != (self.label is None):
@@ -155,6 +162,11 @@ class UNet(nnx.Module):
         emb = self.time2(jax.nn.silu(self.time1(timestep_embedding(s, self.channels))))
         if self.label is not None:
             emb = emb + self.label(cond)
+        if self.noise_dim:
+            if z is None or z.shape != (x.shape[0], self.noise_dim):
+                raise ValueError(f"the UNet takes noise of shape (B, {self.noise_dim}); got "
+                                 f"{None if z is None else z.shape} for a batch of {x.shape[0]}.")
+            emb = emb + self.noise2(jax.nn.silu(self.noise1(z)))
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:

@@ -32,7 +32,6 @@ has a ``source_prompt`` (``configs/lsb_sd.py``) translates with a text-condition
 """
 from __future__ import annotations
 
-import io
 import os
 import time
 
@@ -40,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from jot import data, files
+from jot.files import grid_png
 from jot.data.images import check_images
 from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import frechet, image
@@ -50,15 +49,6 @@ from jot.ot import maps
 from jot.translate import ddib, lsb, otald, sdedit
 
 METHODS = ("lsb", "sdedit", "ddib", "otald")
-
-
-def grid_png(rows: list[np.ndarray]) -> bytes:
-    """PNG bytes of images ``[-1, 1]`` (each row ``[n, H, W, C]``) tiled row by row."""
-    tiles = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    tiles = np.clip((tiles + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(tiles[..., 0] if tiles.shape[-1] == 1 else tiles).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _fit_images(dataset, key: str, n: int) -> np.ndarray:
