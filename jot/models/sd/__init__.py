@@ -72,6 +72,7 @@ __all__ = [
     "UNet2DConditionModel",
     "UNetConfig",
     "VAEConfig",
+    "check_attention",
     "check_prediction_type",
     "convert_state_dict",
     "ddim_steps",
