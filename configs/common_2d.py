@@ -16,7 +16,9 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.data.source = ""  # name=points: "npz:/path/source.npz" ([n, d] under key "x")
     c.data.target = ""  # name=points: "npz:/path/target.npz"
     c.data.eval_size = 1000  # held-out points per side (paper: 1000)
-    c.data.sampler = "host"  # training batches: "host" (numpy) | "device" (jax.random in the jitted step)
+    # Training batches: "host" (numpy; the stream of the README's 2D tables) | "device" (jax.random inside
+    # the jitted step: no host batches; with train.steps_per_call, the fast setting on accelerators).
+    c.data.sampler = "host"
     c.data.source_mean = (0.0, 0.0)  # name=gaussians
     c.data.source_std = 1.0
     c.data.target_mean = (4.0, 4.0)

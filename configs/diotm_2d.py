@@ -7,6 +7,11 @@ ends with ``metrics.json`` (``w2``, ``l2_to_ot``, ``w2_backward`` on 1000 held-o
 exact OT), ``transport.npz``, ``transport.png``. Paper Table 1 (120k iterations):
 g8g 3.72 / 4.38, g25g 6.49 / 10.00, moon_spiral 0.55 / 1.67, g_circles 2.34 / 5.44 (W2 / L2);
 ``benchmarks/toy_2d.py`` prints jot's figures next to them.
+
+On an accelerator, where the step is cheap and per-step host work dominates, add
+``--config.data.sampler=device --config.train.steps_per_call=50``: batches drawn inside the
+jitted step and 50 steps per call (a different random stream from the host sampler's, so
+different numbers from the tables; ``benchmarks/speed_2d.py --sections loop,launch``).
 """
 from configs import common_2d
 

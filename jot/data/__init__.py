@@ -8,6 +8,9 @@
 - ``folder``: unpaired image folders: ``jot.data.images``
 - ``tfds``: ``tfds.data_source`` datasets (``cycle_gan/*``, ``celeb_a``): ``jot.data.tfds_source``
 
+``config.data.sampler`` (``"host"`` | ``"device"``, toy 2D benchmarks and ``gaussians``) draws the
+training batches on device inside the jitted step (``jot.data.base``: ``device_batch``).
+
 ``config.data.source`` / ``config.data.target`` are read only by ``points`` and ``folder``;
 setting them for another dataset is an error rather than being silently ignored.
 """
