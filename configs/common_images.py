@@ -57,7 +57,9 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.model.potential_channel_mult = (1, 2, 2)
     c.model.potential_res_blocks = 1
     c.model.potential_attention_resolutions = ()
-    c.model.time_scale = 1000.0  # DIOTM's V(t, x): t in [0, 1] is embedded as 1000 t
+    # DIOTM's V(t, x): t in [0, 1] is embedded as time_scale * t, top frequency time_scale rad per unit
+    # time, so V is smooth in t (the HJB residual holds d_t V)
+    c.model.time_scale = 10.0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.tau = 1.0  # cost tau * mean((x - y)^2) per pixel (choice)

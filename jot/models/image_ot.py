@@ -48,7 +48,7 @@ class ConvPotential(nnx.Module):
 
     def __init__(self, shape: Sequence[int], *, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 1, attention_resolutions: Sequence[int] = (), time_conditioned: bool = True,
-                 time_scale: float = 1000.0, num_heads: int = 4, num_groups: int = 8, rngs: nnx.Rngs):
+                 time_scale: float = 10.0, num_heads: int = 4, num_groups: int = 8, rngs: nnx.Rngs):
         size, _, ch = _image_shape(shape)
         if size % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"image size {size} is not divisible by 2^{len(channel_mult) - 1} (one halving per "
