@@ -126,8 +126,8 @@ def test_check_attention_rejects_unknown_values():
         sd.load("/nonexistent/stable-diffusion", attention="flash")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU resolution")
 def test_auto_is_xla_on_cpu_and_cudnn_needs_cuda():
-    assert jax.default_backend() == "cpu"
     for dtype in DTYPES:
         assert resolve_attention("auto", dtype=dtype, head_dim=40) == "xla"
         assert resolve_attention("xla", dtype=dtype, head_dim=40) == "xla"
@@ -301,3 +301,46 @@ def test_group_norm_silu_matches_flax(dtype):
         assert _maxdiff(got, expected) <= tol
     # statistics in float32 even for bf16 inputs: a bf16 sum over the group would be far off
     assert "f32" in str(jax.make_jaxpr(lambda x: fused(x, silu=True))(x))
+
+
+requires_cuda = pytest.mark.skipif(
+    layers._cuda_capability() is None, reason="needs a CUDA GPU (tests run on CPU unless JAX_PLATFORMS=cuda)"
+)
+
+
+@requires_cuda
+def test_cudnn_kernel_equals_xla_on_gpu():
+    """On a CUDA GPU: the real cuDNN kernel with 77 padded keys, forward and q/k/v gradients, against XLA."""
+    q, k, v = _qkv(jnp.bfloat16, lq=256, lk=77, heads=8, head_dim=40)
+    cot = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape), jnp.bfloat16)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum((fn(q, k, v) * cot).astype(jnp.float32))
+
+    def cudnn(q, k, v):
+        return padded_dot_product_attention(q, k, v, implementation="cudnn")
+
+    assert "cudnn" in jax.jit(jax.grad(loss(cudnn), argnums=(0, 1, 2))).lower(q, k, v).as_text()
+    want = jax.nn.dot_product_attention(q, k, v)
+    assert _maxdiff(jax.jit(cudnn)(q, k, v), want) <= 2e-2 * max(1.0, float(jnp.max(jnp.abs(want))))
+    got_grads = jax.jit(jax.grad(loss(cudnn), argnums=(0, 1, 2)))(q, k, v)
+    want_grads = jax.jit(jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2)))(q, k, v)
+    for got, want in zip(got_grads, want_grads):
+        assert _maxdiff(got, want) <= 2e-2 * max(1.0, float(jnp.max(jnp.abs(want.astype(jnp.float32)))))
+
+
+@requires_cuda
+def test_unet_cudnn_close_to_xla_on_gpu(tiny_unet):
+    """On a CUDA GPU: the bf16 UNet with attention="cudnn" and "auto" (both cuDNN) is close to "xla"."""
+    x, ctx = tiny_unet
+    outs = {}
+    for attention in ("xla", "cudnn", "auto"):
+        graphdef, params = nnx.split(
+            UNet2DConditionModel(TINY_UNET, dtype=jnp.bfloat16, attention=attention, rngs=nnx.Rngs(0))
+        )
+        fn = jax.jit(lambda p, x, c, g=graphdef: nnx.merge(g, p)(x, 500.0, c))
+        assert ("cudnn" in fn.lower(params, x, ctx).as_text()) == (attention != "xla")
+        outs[attention] = fn(params, x, ctx)
+    scale = float(jnp.max(jnp.abs(outs["xla"].astype(jnp.float32))))
+    for attention in ("cudnn", "auto"):
+        assert _maxdiff(outs[attention], outs["xla"]) <= 3e-2 * max(1.0, scale)
