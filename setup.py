@@ -33,9 +33,6 @@ TEST = [
     "torch==2.13.0",
     "diffusers>=0.40",
     "transformers>=5.0",
-    # pytorch-fid's FID InceptionV3 (jot.metrics.fid is checked against it); torchvision matches torch.
-    "pytorch-fid>=0.3",
-    "torchvision==0.28.0",
 ]
 
 setup(
