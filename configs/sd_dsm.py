@@ -31,6 +31,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompts = ("a thin digit", "a thick digit")  # one per entry of loss.domains
 
     c.model = ml_collections.ConfigDict()
+    c.model.attention_kernel = "auto"  # auto (cuDNN fused attention on GPU for bf16/fp16, XLA otherwise) | xla | cudnn
     # A diffusers Stable Diffusion folder to fine-tune (its UNet, VAE, text encoder, tokenizer,
     # schedule and prediction type replace the fields below); "" trains model.unet from scratch.
     c.model.path = ""

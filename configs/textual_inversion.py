@@ -31,6 +31,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.channels = 3
 
     c.model = ml_collections.ConfigDict()
+    c.model.attention_kernel = "auto"  # auto (cuDNN fused attention on GPU for bf16/fp16, XLA otherwise) | xla | cudnn
     c.model.path = ""  # a diffusers Stable Diffusion folder
     c.model.workdir = ""  # or a finished sd_dsm run
 

@@ -344,3 +344,25 @@ def test_unet_cudnn_close_to_xla_on_gpu(tiny_unet):
     scale = float(jnp.max(jnp.abs(outs["xla"].astype(jnp.float32))))
     for attention in ("cudnn", "auto"):
         assert _maxdiff(outs[attention], outs["xla"]) <= 3e-2 * max(1.0, scale)
+
+
+def test_config_attention_kernel_is_checked_and_does_not_block_resume():
+    """``config.model.attention_kernel`` reaches the SD networks through one checked accessor, and a
+    re-run may change it (same math, another kernel) without being refused."""
+    from configs import sd_dsm as sd_dsm_config
+    from jot.errors import UserError
+    from jot.methods import sd_dsm
+    from jot.train import records
+
+    c = sd_dsm_config.get_config("test")
+    assert sd_dsm.attention_kernel(c) == "auto"
+    del c.model["attention_kernel"]  # records written before the field existed
+    assert sd_dsm.attention_kernel(c) == "auto"
+    c.model.attention_kernel = "flash"
+    with pytest.raises(UserError, match="attention_kernel.*'flash'.*'xla'"):
+        sd_dsm.attention_kernel(c)
+    saved, given = sd_dsm_config.get_config("test"), sd_dsm_config.get_config("test")
+    given.model.attention_kernel = "xla"
+    assert records.config_changes(saved, given) == []
+    given.model.unet.heads = 1
+    assert [ch.field for ch in records.config_changes(saved, given)] == ["model.unet.heads"]

@@ -59,13 +59,27 @@ class Pretrained:
     token_ids: tuple = struct.field(pytree_node=False, default=())
 
 
-def pretrained_from_folder(path: str) -> Pretrained:
-    """The networks of a diffusers Stable Diffusion folder (``jot.models.sd.load``) as a
-    ``Pretrained``; an unreadable folder is a ``UserError``."""
+def attention_kernel(config: ml_collections.ConfigDict) -> str:
+    """``config.model.attention_kernel`` (default ``"auto"``): the attention implementation of the
+    SD networks (``jot.models.sd.layers.resolve_attention``: cuDNN fused attention on a CUDA GPU for
+    bf16/fp16, XLA otherwise; ``"xla"``; ``"cudnn"``). A bad value is a ``UserError``."""
+    from jot.models import sd
+
+    value = config.model.get("attention_kernel", "auto")
+    try:
+        return sd.check_attention(value)
+    except ValueError as e:
+        raise UserError(f"config.model.attention_kernel: {e}") from None
+
+
+def pretrained_from_folder(path: str, attention: str = "auto") -> Pretrained:
+    """The networks of a diffusers Stable Diffusion folder (``jot.models.sd.load``, with the
+    attention implementation ``attention``) as a ``Pretrained``; an unreadable folder is a
+    ``UserError``."""
     from jot.models import sd
 
     try:
-        pipe = sd.load(path)
+        pipe = sd.load(path, attention=attention)
     except (OSError, ValueError) as e:
         raise UserError(f"config.model.path={path!r} cannot be loaded as Stable Diffusion: {e}") from e
     unet_g, unet = _common.split(pipe.unet)
@@ -220,7 +234,7 @@ def _tokenizer(config: ml_collections.ConfigDict) -> sd_clip.CLIPTokenizer:
 
 def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained | None:
     """Fine-tuning (``config.model.path``): the diffusers folder's networks; from scratch: None."""
-    return pretrained_from_folder(config.model.path) if config.model.get("path") else None
+    return pretrained_from_folder(config.model.path, attention_kernel(config)) if config.model.get("path") else None
 
 
 def prompt_ids(config: ml_collections.ConfigDict, pretrained: Pretrained | None = None) -> np.ndarray:
@@ -253,7 +267,8 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, batch: dict, pretrai
     x0, _ = _images_and_domains(config, batch)
     dtype = _dtype(config)
     unet = sd_unet.UNet2DConditionModel(unet_config(config, x0.shape[-1]), dtype=dtype, param_dtype=jnp.float32,
-                                        remat=config.model.remat, rngs=nnx.Rngs(params=k_unet))
+                                        remat=config.model.remat, attention=attention_kernel(config),
+                                        rngs=nnx.Rngs(params=k_unet))
     text = sd_clip.CLIPTextModel(text_config(config, len(_tokenizer(config))), dtype=jnp.float32,
                                  param_dtype=jnp.float32, rngs=nnx.Rngs(params=k_text))
     g_unet, p_unet = _common.split(unet)

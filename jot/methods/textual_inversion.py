@@ -96,7 +96,7 @@ def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformatio
 def load_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
     """Reads the frozen model (``model.path`` or ``model.workdir``) and adds the placeholder tokens."""
     m = config.model
-    pre = sd_dsm.pretrained_from_run(m.workdir) if m.get("workdir") else sd_dsm.pretrained_from_folder(m.path)
+    pre = sd_dsm.pretrained_from_run(m.workdir) if m.get("workdir") else sd_dsm.pretrained_from_folder(m.path, sd_dsm.attention_kernel(config))
     num_embeddings = _module(pre, "text_encoder", pre.text_encoder).num_embeddings
     try:
         ids = pre.tokenizer.add_tokens(list(_tokens(config)))

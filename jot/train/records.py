@@ -3,7 +3,8 @@
 ``config_changes(saved, given)`` is the one comparison of two configs: it lists the fields
 whose difference changes the results of a run. Fields that cannot change the numbers are
 ignored (``NEUTRAL_FIELDS``: progress bar, logging, checkpoint and evaluation cadence, how
-many checkpoints are kept, how many steps one jitted call runs, ``eval.*``, ``mesh.*``).
+many checkpoints are kept, how many steps one jitted call runs, the attention kernel
+(``model.attention_kernel``), ``eval.*``, ``mesh.*``).
 ``data.sampler`` (host or device random streams) changes the data and is not neutral. ``train.steps`` may be raised to extend
 a run whose ``train.lr_schedule`` is ``"constant"``; with ``"cosine"`` the learning rate of
 every step depends on ``train.steps``, so any change to it is reported.
@@ -32,6 +33,7 @@ NEUTRAL_FIELDS = (
     "train.keep_checkpoints",
     "train.eval_every",
     "train.steps_per_call",
+    "model.attention_kernel",
     "eval",
     "mesh",
 )

@@ -66,7 +66,10 @@ def load_model(config: ml_collections.ConfigDict):
     m, ti = config.model, [str(f) for f in config.translate.textual_inversion]
     try:
         if m.path:
-            return sd.load(m.path, dtype=jnp.dtype(m.get("dtype", "float32")), textual_inversion=ti)
+            attention = m.get("attention_kernel", "auto")
+            sd.check_attention(attention)
+            return sd.load(m.path, dtype=jnp.dtype(m.get("dtype", "float32")), textual_inversion=ti,
+                           attention=attention)
         if m.get("workdir"):
             try:
                 run = train.restore(m.workdir)
