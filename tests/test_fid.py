@@ -1,7 +1,10 @@
-"""``jot.metrics.fid``: the FID InceptionV3 against pytorch-fid's (random weights, through the
-converter), the resize against ``F.interpolate``, the Frechet formula against scipy and
-pytorch-fid, KID against a direct unbiased MMD^2, and the errors for missing or wrong weights."""
+"""``jot.metrics.fid``: the FID InceptionV3 against an independent PyTorch reference
+(``fid_reference``: random weights through the converter), the resize against ``F.interpolate``, the
+Frechet formula against scipy, KID against a direct unbiased MMD^2, and the errors for missing or
+wrong weights. Where pytorch-fid imports, the reference itself and jot are also checked against it
+(state-dict keys, features, ``calculate_frechet_distance``); elsewhere those tests skip."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,9 +14,12 @@ from jot.errors import UserError, UserFileNotFoundError
 from jot.metrics import fid as fidlib
 
 torch = pytest.importorskip("torch")
+import fid_reference  # the tests/ helper module; needs torch only
+
+SHAPES = [(3, 32, 32, 1), (3, 64, 64, 3), (2, 320, 320, 3)]
 
 
-def _pytorch_fid():
+def _import_pytorch_fid():
     """pytorch-fid's inception module. Where torchvision's C++ ops do not load (the PyPI wheel is
     built for CUDA torch; this is a CPU torch), torchvision's import still registers fake kernels
     for ``torchvision::nms``/``qnms``; declaring their schemas first lets it import. pytorch-fid
@@ -23,17 +29,25 @@ def _pytorch_fid():
     except RuntimeError as e:
         if "torchvision::nms" not in str(e):
             raise
-        import sys
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith(("torchvision.", "pytorch_fid"))]:
             del sys.modules[name]
-        _pytorch_fid.lib = torch.library.Library("torchvision", "DEF")  # kept alive with the function
+        _import_pytorch_fid.lib = torch.library.Library("torchvision", "DEF")  # kept alive with the function
         for op in ("nms", "qnms"):
-            _pytorch_fid.lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            _import_pytorch_fid.lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         import pytorch_fid.inception as pfi
     return pfi
 
 
-pfi = pytest.importorskip("pytorch_fid") and _pytorch_fid()
+@pytest.fixture(scope="module")
+def pfi():
+    """pytorch-fid's ``inception`` module, or a skip: pytorch-fid (and the torchvision it imports) is
+    not a test dependency, since the index's torchvision for this CPU torch breaks other imports."""
+    try:
+        return _import_pytorch_fid()
+    except ImportError as e:
+        pytest.skip(f"pytorch-fid cannot be imported ({e}); the comparison with pytorch-fid itself runs only "
+                    "where pytorch-fid and torchvision are importable (e.g. on PYTHONPATH). "
+                    "fid_reference stands in for it in the other tests.")
 
 
 # --------------------------------------------------------------------------- the network
@@ -41,54 +55,42 @@ pfi = pytest.importorskip("pytorch_fid") and _pytorch_fid()
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """pytorch-fid's ``InceptionV3`` (FID variant, pool3) with random weights and BatchNorm statistics
-    that are not the identity, its ``fid_inception_v3()`` state dict saved as a .pth, and that file
-    converted to safetensors with the command-line converter."""
-    torch.manual_seed(0)
-    built = []
-    real_inception_v3 = pfi._inception_v3
-
-    def capture(*args, **kwargs):
-        built.append(real_inception_v3(*args, **kwargs))
-        return built[-1]
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(pfi, "_inception_v3", capture)
-    mp.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: built[-1].state_dict())  # no download
-    try:
-        model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
-    finally:
-        mp.undo()
-    inception_v3 = built[-1]
-    # BatchNorm statistics of real activations (one pass in training mode on random images), then
-    # perturbed, with random affine parameters: every BN normalises, scales and shifts.
-    bns = [m for m in inception_v3.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # the running statistics become the batch's
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(2, 3, 299, 299))
-        for bn in bns:
-            bn.running_mean += 0.1 * torch.randn_like(bn.running_mean) * bn.running_var.sqrt()
-            bn.running_var *= torch.empty_like(bn.running_var).uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
-    model.eval()
+    """``fid_reference``'s network with random weights and BatchNorm statistics that are not the
+    identity, its state dict saved as a .pth, and that file converted to safetensors with the
+    command-line converter."""
+    model = fid_reference.random_network(seed=0)
     tmp = tmp_path_factory.mktemp("fid")
     pth = str(tmp / "pt_inception-random.pth")
-    torch.save(inception_v3.state_dict(), pth)
+    torch.save(model.state_dict(), pth)
     dst = str(tmp / "inception_fid.safetensors")
     assert fidlib.main(["convert", "--src", pth, "--dst", dst]) == 0
     return model, pth, dst
 
 
-def _torch_features(model, images_nhwc_01: np.ndarray) -> np.ndarray:
+@pytest.fixture(scope="module")
+def jot_net(reference):
+    return fidlib.load_inception(reference[2])
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=["32x32-grey", "64x64-rgb", "320x320-rgb"])
+def case(request, reference):
+    """Random NHWC images in [0, 1] of one shape and the reference's pool3 features for them."""
+    shape = request.param
+    x01 = np.random.default_rng(sum(shape)).uniform(0, 1, shape).astype(np.float32)
+    return shape, x01, _torch_features(reference[0], x01)
+
+
+def _nchw3(images_nhwc_01: np.ndarray):
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc_01.transpose(0, 3, 1, 2)))
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
+def _torch_features(model, images_nhwc_01: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(x)[0][:, :, 0, 0].double().numpy()
+        out = model(_nchw3(images_nhwc_01))
+    if isinstance(out, list):  # pytorch-fid's InceptionV3: [pool3 (N, 2048, 1, 1)]
+        out = out[0][:, :, 0, 0]
+    return out.double().numpy()
 
 
 def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,24 +98,93 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("shape", [(3, 32, 32, 1), (3, 64, 64, 3), (2, 320, 320, 3)])
-def test_features_match_pytorch_fid(reference, shape):
+def test_reference_loads_its_file_strictly(reference):
+    """The saved file is a pytorch-fid weight file in layout: every tensor of the FID network plus the
+    unused 1008-class head and ``num_batches_tracked``; it loads back strictly and gives the same network."""
+    model, pth, _ = reference
+    sd = torch.load(pth, map_location="cpu", weights_only=True)
+    assert sd["fc.weight"].shape == (1008, 2048) and sd["fc.bias"].shape == (1008,)
+    assert sd["Mixed_7c.branch_pool.bn.num_batches_tracked"].dtype == torch.int64
+    assert sd["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3) and "Conv2d_1a_3x3.conv.bias" not in sd
+    # 94 conv + BN units (conv weight; BN weight, bias, mean, var, count) and the head.
+    assert sum(k.endswith(".conv.weight") for k in sd) == 94 and len(sd) == 94 * 6 + 2
+    again = fid_reference.load(pth).state_dict()
+    assert list(again) == list(model.state_dict())
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+
+
+def test_features_match_reference(case, jot_net):
     """32x32 grey and 64x64 RGB images go up to 299, 320x320 comes down; jot gets [-1, 1] images,
-    pytorch-fid the same images in [0, 1] (its ``resize_input`` and ``normalize_input`` path)."""
-    model, _, dst = reference
-    net = fidlib.load_inception(dst)
-    rng = np.random.default_rng(sum(shape))
-    x01 = rng.uniform(0, 1, shape).astype(np.float32)
-    want = _torch_features(model, x01)
-    got = fidlib.features(2 * x01 - 1, net, batch_size=2)  # two batches, the last one padded
+    the reference the same images in [0, 1] (pytorch-fid's ``resize_input`` and ``normalize_input`` path)."""
+    shape, x01, want = case
+    got = fidlib.features(2 * x01 - 1, jot_net, batch_size=2)  # two batches, the last one padded
     assert got.shape == (shape[0], 2048) and got.dtype == np.float64
     # The features depend on the image: two images differ by 100x the tolerance below.
     assert np.abs(want[0] - want[1]).max() > 1e-2 * np.abs(want).max()
     rel = _max_rel(got, want)
-    print(f"max relative error {shape}: {rel:.2e}")
+    print(f"max relative error jot vs fid_reference {shape}: {rel:.2e}")
     assert rel <= 1e-4, rel
     # The same images given in [0, 1].
-    assert _max_rel(fidlib.features(x01, net, batch_size=2, value_range=(0, 1)), want) <= 1e-4
+    assert _max_rel(fidlib.features(x01, jot_net, batch_size=2, value_range=(0, 1)), want) <= 1e-4
+
+
+# --------------------------------------------------------------------------- against pytorch-fid itself
+
+
+def test_reference_state_dict_is_pytorch_fids(pfi):
+    """Same keys in the same order, shapes and dtypes as pytorch-fid's ``fid_inception_v3()``."""
+    built = []
+    real = pfi._inception_v3
+
+    def capture(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pfi, "_inception_v3", capture)
+    mp.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: built[-1].state_dict())  # no download
+    try:
+        theirs = pfi.fid_inception_v3().state_dict()
+    finally:
+        mp.undo()
+    ours = fid_reference.FIDInceptionV3().state_dict()
+    assert list(ours) == list(theirs)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in theirs.items()}
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_model(pfi, reference):
+    """pytorch-fid's ``InceptionV3([3], resize_input=True, normalize_input=True)`` with the reference's
+    .pth (``fid_inception_v3`` loads it strictly: a missing or extra key fails here)."""
+    state_dict = torch.load(reference[1], map_location="cpu", weights_only=True)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: state_dict)  # instead of the download
+    try:
+        model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
+    finally:
+        mp.undo()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_features(case, pytorch_fid_model):
+    """pytorch-fid's pool3 features for ``case``'s images."""
+    return _torch_features(pytorch_fid_model, case[1])
+
+
+def test_reference_matches_pytorch_fid(case, pytorch_fid_features):
+    """The same operations in the same order: bit for bit the same features."""
+    shape, _, want = case
+    print(f"max relative error fid_reference vs pytorch-fid {shape}: {_max_rel(want, pytorch_fid_features):.2e}")
+    np.testing.assert_array_equal(want, pytorch_fid_features)
+
+
+def test_features_match_pytorch_fid(case, jot_net, pytorch_fid_features):
+    shape, x01, _ = case
+    rel = _max_rel(fidlib.features(2 * x01 - 1, jot_net, batch_size=2), pytorch_fid_features)
+    print(f"max relative error jot vs pytorch-fid {shape}: {rel:.2e}")
+    assert rel <= 1e-4, rel
 
 
 def test_fid_class_on_images(reference, monkeypatch):
@@ -165,9 +236,16 @@ def _gaussian_stats(rng, d, n):
     return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
-def test_frechet_distance_matches_scipy_and_pytorch_fid():
-    from pytorch_fid.fid_score import calculate_frechet_distance
+def _frechet_eigh(mu1, s1, mu2, s2):
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1^1/2 S2 S1^1/2), from symmetric eigendecompositions
+    only (S1 S2 is similar to the symmetric S1^1/2 S2 S1^1/2, so their square roots have the same trace)."""
+    w, v = scipy.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_sqrt = np.sum(np.sqrt(np.clip(scipy.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
 
+
+def test_frechet_distance_matches_scipy():
     rng = np.random.default_rng(0)
     for d in (1, 2, 5, 64):
         mu1, s1 = _gaussian_stats(rng, d, 4 * d + 10)
@@ -176,23 +254,42 @@ def test_frechet_distance_matches_scipy_and_pytorch_fid():
         want = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(r1 @ s2 @ r1)))
         got = fidlib.frechet_distance(mu1, s1, mu2, s2)
         assert got == pytest.approx(want, rel=1e-8, abs=1e-10)
-        if d > 1:  # scipy >= 1.16 returns a 1 x 1 sqrtm(disp=False) without the error pytorch-fid unpacks
-            assert got == pytest.approx(calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-10, abs=1e-12)
+        assert got == pytest.approx(_frechet_eigh(mu1, s1, mu2, s2), rel=1e-8, abs=1e-10)
     assert fidlib.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="different sizes"):
+        fidlib.frechet_distance(mu1, s1, mu1[:3], s1[:3, :3])
+
+
+def _singular_case():
+    """Covariances of 3 samples in 10 dimensions: rank 2, so the product is singular."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(3, 10)), rng.normal(size=(3, 10)) + 1
 
 
 def test_frechet_distance_singular_product_and_fid_of_features():
-    rng = np.random.default_rng(1)
-    # Covariances of 3 samples in 10 dimensions: rank 2, so the product is singular.
-    a, b = rng.normal(size=(3, 10)), rng.normal(size=(3, 10)) + 1
+    a, b = _singular_case()
     with np.errstate(all="ignore"):
         got = fidlib.fid(a, b)
-    from pytorch_fid.fid_score import calculate_frechet_distance
-    with np.errstate(all="ignore"):
-        want = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-6)
+    want = _frechet_eigh(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="N >= 2"):
         fidlib.fid(a[:1], b)
+
+
+def test_frechet_distance_matches_pytorch_fid(pfi):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(0)
+    for d in (2, 5, 64):  # scipy >= 1.16 returns a 1 x 1 sqrtm(disp=False) without the error pytorch-fid unpacks
+        mu1, s1 = _gaussian_stats(rng, d, 4 * d + 10)
+        mu2, s2 = _gaussian_stats(rng, d, 4 * d + 10)
+        assert fidlib.frechet_distance(mu1, s1, mu2, s2) == \
+            pytest.approx(calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-10, abs=1e-12)
+    a, b = _singular_case()
+    with np.errstate(all="ignore"):
+        got = fidlib.fid(a, b)
+        want = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert got == pytest.approx(want, rel=1e-6)
 
 
 def _mmd2_unbiased(x, y):
