@@ -70,6 +70,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd_unet import (  # noqa: E402
     SD15_UNET,
+    TINY_UNET,
     _pin,
     _time,
     _torch_memory,
@@ -91,18 +92,7 @@ SD15_TEXT = dict(
     eos_token_id=49407,
     pad_token_id=1,
 )
-SMALL_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    attention_head_dim=4,
-    cross_attention_dim=32,
-    norm_num_groups=8,
-)
+SMALL_UNET = TINY_UNET  # the same small SD-layout UNet as sd_unet.py --tiny
 SMALL_TEXT = dict(
     vocab_size=1000,
     hidden_size=32,
