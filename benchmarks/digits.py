@@ -33,21 +33,16 @@ import time
 
 import jax
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.rdmd import _rate as rate  # noqa: E402  (images/s: warm-up, then best of 3)
+from benchmarks._digits_scoring import flat, rate, scoring  # noqa: E402
 from benchmarks.translate_digits import load_model  # noqa: E402
 from configs import diotm_images, otm_images, rdmd_digits, translate_digits  # noqa: E402
 from jot import files, train  # noqa: E402
-from jot.data import digits  # noqa: E402
 from jot.methods import dsm  # noqa: E402
 from jot.metrics import frechet, image  # noqa: E402
 from jot.translate import ddib, lsb, otald, sdedit  # noqa: E402
-
-FLOOR_DRAWS = 5
-
 
 def trained(config, workdir: str):
     """The finished run of ``config`` in ``workdir`` (trained, or its training completed, first)."""
@@ -92,13 +87,8 @@ def main():
 
     dsm_config, dsm_state = load_model(args.dsm_workdir, "cpu16", None)
     d = dsm_config.data
-    sp = digits.split(d.size, d.thickness, d.split_seed)
-    x, y, labels = sp.test_x, sp.test_y, sp.test_labels
-    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
-    clf = LogisticRegression(max_iter=2000).fit(flat(sp.target_train), sp.target_labels)
-    pick = np.random.default_rng(0)
-    floors = [frechet.frechet_distance(sp.target_train[pick.choice(len(sp.target_train), len(y), replace=False)], y)
-              for _ in range(FLOOR_DRAWS)]
+    sc = scoring(d)
+    sp, x, y, labels, clf, floors = sc.split, sc.x, sc.y, sc.labels, sc.clf, sc.floors
 
     runs = {}
     for name, module, workdir in (("DIOTM", diotm_images, args.diotm_workdir), ("OTM", otm_images, args.otm_workdir)):

@@ -82,18 +82,6 @@ def part_2d(args) -> dict:
     return {"rows": rows, "steps": args.steps, "teacher": args.teacher_2d}
 
 
-def _rate(fn, x, repeats: int = 3) -> float:
-    import jax
-
-    jax.block_until_ready(fn(x))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        best = min(best, time.perf_counter() - t0)
-    return len(x) / best
-
-
 def part_digits(args) -> dict:
     import jax
     import numpy as np
@@ -104,19 +92,11 @@ def part_digits(args) -> dict:
     from jot.metrics import frechet, image
     from jot.translate import ddib, sdedit
 
-    from sklearn.linear_model import LogisticRegression
-
-    from jot.data import digits
+    from benchmarks._digits_scoring import flat, rate, scoring
 
     teacher = train.restore(args.teacher_digits)
-    d = teacher.config.data
-    sp = digits.split(d.size, d.thickness, d.split_seed)
-    x, y, labels = sp.test_x, sp.test_y, sp.test_labels
-    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
-    clf = LogisticRegression(max_iter=2000).fit(flat(sp.target_train), sp.target_labels)
-    pick = np.random.default_rng(0)
-    floors = [frechet.frechet_distance(sp.target_train[pick.choice(len(sp.target_train), len(y), replace=False)], y)
-              for _ in range(5)]
+    sc = scoring(teacher.config.data)
+    x, y, labels, clf, floors = sc.x, sc.y, sc.labels, sc.clf, sc.floors
     runs = {}
     for lam in [float(v) for v in args.digit_lams.split(",")]:
         c = rdmd_digits.get_config("cpu16")
@@ -148,7 +128,7 @@ def part_digits(args) -> dict:
         out = np.clip(np.asarray(fn(x)), -1, 1)
         rows.append({"method": name, "psnr": float(image.psnr(out, y).mean()), "cost": float(np.mean((out - x) ** 2)),
                      "accuracy": float(clf.score(flat(out), labels)), "frechet": frechet.frechet_distance(out, y),
-                     "images_per_s": _rate(fn, x)})
+                     "images_per_s": rate(fn, x)})
     floor = float(np.mean(floors))
     for r in rows:
         rate = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
